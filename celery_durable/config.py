@@ -1,0 +1,62 @@
+"""One configuration object for everything a :class:`~celery_durable.Durable` can be told."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class DurableConfig:
+    """Settings of a :class:`~celery_durable.Durable`; pass any of them as keyword arguments to it."""
+
+    #: Queue for workflow task messages; ``None`` uses the app's routing (``task_routes``, default queue).
+    queue: str | None = None
+    #: "json" (default) or "pickle" (explicit opt-in: only for stores nobody untrusted can write).
+    serializer: str = "json"
+    #: Prefix of every table, so they sit beside the application's own.
+    table_prefix: str = "durable_"
+    #: Create or upgrade the schema on first use. Turn off to run ``celery-durable migrate`` yourself.
+    auto_migrate: bool = True
+    #: Longest countdown a timer message may use, in seconds. Waits with a farther deadline are kept
+    #: in the store and armed by the sweep when they come within the horizon. Keep it well below the
+    #: broker's redelivery limits (Redis ``visibility_timeout`` of *every* app on that database,
+    #: RabbitMQ ``consumer_timeout``).
+    horizon: float = 300.0
+    #: Seconds between two sweeps run by each worker's main process; ``None`` turns the worker
+    #: sweep off (run ``durable.recover()`` from beat instead).
+    sweep_interval: float | None = 30.0
+    #: A queued message or timer overdue by this many seconds is taken as lost and published again.
+    #: A duplicate this may create is harmless (its ticket is stale), only wasted work.
+    recovery_grace: float = 120.0
+    #: Countdown before a delivery that found the workflow held by another live execution tries again.
+    busy_backoff: float = 1.0
+    #: Largest serialized message or event payload, in bytes.
+    max_payload: int = 256 * 1024
+    #: Extra keyword arguments for ``sqlalchemy.create_engine``.
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "recovery_grace", "busy_backoff"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.sweep_interval is not None and (
+            isinstance(self.sweep_interval, bool) or not isinstance(self.sweep_interval, (int, float)) or self.sweep_interval <= 0
+        ):
+            raise ConfigurationError(f"sweep_interval must be a positive number of seconds or None, got {self.sweep_interval!r}")
+        if isinstance(self.max_payload, bool) or not isinstance(self.max_payload, int) or self.max_payload <= 0:
+            raise ConfigurationError(f"max_payload must be a positive number of bytes, got {self.max_payload!r}")
+
+    @classmethod
+    def from_options(cls, base: DurableConfig | None, options: dict[str, Any]) -> DurableConfig:
+        """Return *base* (or the defaults) with *options* applied; an unknown option is an error that names it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(base or cls(), **options)

@@ -1,0 +1,380 @@
+"""The workflow engine: replay, step ids, determinism checks and messaging rules.
+
+It imports neither Celery nor SQLAlchemy. A task system hands it a store, a serializer
+and a ``publish`` callback, and calls :meth:`Engine.execute` once per task message; the
+returned :class:`Outcome` says what the task system must do next (nothing, retry later,
+or publish a timer).
+
+Replay: the workflow body runs from the top on every execution. Each durable operation
+(step call, ``recv``, ``send``, ``set_event``, ``get_event``, ``sleep``) takes the next
+step id from a counter; when a checkpoint exists for that id its recorded result is
+returned (after checking that the recorded operation is the one being called), otherwise
+the operation runs and its result is written before it returns.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .config import DurableConfig
+from .errors import (
+    InvalidArgument,
+    NonDeterministicWorkflow,
+    NotInWorkflow,
+    PayloadTooLarge,
+    SerializationError,
+    WorkflowCancelled,
+)
+from .serialization import Serializer, decode_error, encode_error
+from .store import Dispatch, Lease, StepRecord, Store, Suspended, WaitRequest, WorkflowStatus
+from .store.schema import MAX_ID_LENGTH
+
+log = logging.getLogger("celery_durable")
+T = TypeVar("T")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<timed out>"
+
+
+TIMED_OUT: Any = _Missing()
+
+
+class Suspend(BaseException):
+    """Unwinds a workflow body that must wait. A BaseException so ``except Exception`` in user code cannot swallow it."""
+
+    def __init__(self, dispatch: Dispatch | None) -> None:
+        super().__init__("workflow suspended")
+        self.dispatch = dispatch
+
+
+class _Cancelled(BaseException):
+    """Unwinds a workflow body that was cancelled (a BaseException for the same reason as :class:`Suspend`)."""
+
+
+# -- outcomes of one execution ---------------------------------------------------------------
+class Outcome:
+    """What one execution ended with."""
+
+
+@dataclass
+class Finished(Outcome):
+    value: Any
+
+
+@dataclass
+class Failed(Outcome):
+    error: BaseException
+
+
+@dataclass
+class Waiting(Outcome):
+    dispatch: Dispatch | None  # the timer to publish, or None: the sweep arms it later
+
+
+@dataclass
+class Interrupted(Outcome):
+    """Stopped without a verdict (store unreachable, a task-system control-flow signal).
+
+    The workflow stays RUNNING with its lock released: run it again with the same ticket.
+    """
+
+    error: BaseException
+
+
+class Stale(Outcome):
+    """The message's ticket is not current, or the workflow finished: nothing to do."""
+
+
+class Busy(Outcome):
+    """Another live execution holds the workflow: try again later with the same ticket."""
+
+
+class Cancelled(Outcome):
+    """The workflow was cancelled."""
+
+
+_CURRENT: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar("celery_durable_ctx", default=None)
+
+
+def current_context() -> WorkflowContext | None:
+    """Return the context of the workflow executing in this thread, if any."""
+    return _CURRENT.get()
+
+
+def require_context(operation: str) -> WorkflowContext:
+    ctx = _CURRENT.get()
+    if ctx is None:
+        raise NotInWorkflow(f"{operation} can only be called inside a workflow (a function decorated with @durable.workflow)")
+    if ctx.in_step:
+        raise NotInWorkflow(f"{operation} cannot be called inside a step; call it from the workflow body")
+    return ctx
+
+
+# -- validation ------------------------------------------------------------------------------------
+def check_id(value: Any, what: str = "workflow id") -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{what} must be a non-empty string of at most {MAX_ID_LENGTH} characters, got {value!r}")
+    return value
+
+
+def check_topic(topic: Any) -> str:
+    """Map a user topic to its stored form: None is the default topic ''."""
+    if topic is None:
+        return ""
+    if not isinstance(topic, str) or not topic or len(topic) > MAX_ID_LENGTH:
+        raise InvalidArgument(
+            f"topic must be None or a non-empty string of at most {MAX_ID_LENGTH} characters, got {topic!r}"
+        )
+    return topic
+
+
+def check_timeout(timeout: Any, what: str = "timeout") -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0:
+        raise InvalidArgument(f"{what} must be a number of seconds >= 0 (or None to wait forever), got {timeout!r}")
+    return float(timeout)
+
+
+def _op_name(kind: str, *parts: str) -> str:
+    name = ":".join((kind, *parts))
+    if len(name) <= MAX_ID_LENGTH:
+        return name
+    return f"{kind}:#{hashlib.sha256(name.encode()).hexdigest()}"
+
+
+class Engine:
+    """Runs workflow executions against a store."""
+
+    def __init__(
+        self,
+        store: Store,
+        serializer: Serializer,
+        config: DurableConfig,
+        publish: Callable[[Dispatch], None],
+        *,
+        passthrough: tuple[type[BaseException], ...] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.serializer = serializer
+        self.config = config
+        self._publish = publish
+        self.passthrough = passthrough
+        self.clock = clock
+
+    # -- helpers shared with the public API ----------------------------------------------------
+    def encode_payload(self, value: Any, what: str) -> str:
+        text = self.serializer.dumps(value)
+        size = len(text.encode())
+        if size > self.config.max_payload:
+            raise PayloadTooLarge(
+                f"{what} is {size} bytes once serialized, over the limit of {self.config.max_payload} bytes "
+                "(DurableConfig.max_payload)"
+            )
+        return text
+
+    def publish_all(self, dispatches: Sequence[Dispatch]) -> None:
+        """Publish wake-ups; a failure is logged, never raised: the store already says what to do,
+        and the sweep publishes again what was lost."""
+        for dispatch in dispatches:
+            try:
+                self._publish(dispatch)
+            except Exception:
+                log.warning("could not publish a wake-up for %s; the sweep will", dispatch.workflow_id, exc_info=True)
+
+    # -- one execution ----------------------------------------------------------------------------
+    def execute(self, workflow_id: str, ticket: int, name: str, fn: Callable[..., Any]) -> Outcome:
+        """Run the workflow once for a task message carrying *ticket*.
+
+        Invariant: the body runs only while this process holds the workflow's execution lock and
+        *ticket* is current, so two deliveries never run one step body at the same time.
+        """
+        lease = self.store.acquire(workflow_id)
+        if lease is None:
+            return Busy()
+        try:
+            return self._execute_locked(lease, ticket, name, fn)
+        finally:
+            self.store.release(lease)
+
+    def _execute_locked(self, lease: Lease, ticket: int, name: str, fn: Callable[..., Any]) -> Outcome:
+        try:
+            execution = self.store.begin(lease, ticket, self.clock())
+        except Exception as exc:
+            return Interrupted(exc)
+        if execution is None:
+            return Stale()
+        record = execution.workflow
+        ctx = WorkflowContext(self, lease, record.workflow_id, execution.steps)
+        token = _CURRENT.set(ctx)
+        try:
+            if record.name != name:
+                raise NonDeterministicWorkflow(
+                    f"workflow {record.workflow_id!r} was started as {record.name!r} but this message runs {name!r}"
+                )
+            inputs = self.serializer.loads(record.inputs)
+            value = fn(*inputs["args"], **inputs["kwargs"])
+            output = self.serializer.dumps(value)
+        except Suspend as suspend:
+            return Waiting(suspend.dispatch)
+        except (_Cancelled, WorkflowCancelled):
+            return Cancelled()
+        except self.passthrough as exc:
+            return Interrupted(exc)
+        except Exception as exc:
+            if ctx.store_error is not None:
+                return Interrupted(ctx.store_error)
+            if isinstance(exc, SerializationError):
+                exc = SerializationError(f"workflow {record.workflow_id!r} returned a value that cannot be stored: {exc}")
+            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(exc), Failed(exc))
+        finally:
+            _CURRENT.reset(token)
+        return self._finish(lease, WorkflowStatus.SUCCESS, output, None, Finished(value))
+
+    def _finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, outcome: Outcome) -> Outcome:
+        try:
+            self.store.finish(lease, status, output, error, self.clock())
+        except Exception as exc:
+            return Interrupted(exc)
+        return outcome
+
+
+class WorkflowContext:
+    """State of one execution: its lease, recorded checkpoints and the step counter."""
+
+    def __init__(self, engine: Engine, lease: Lease, workflow_id: str, steps: dict[int, StepRecord]) -> None:
+        self.engine = engine
+        self.lease = lease
+        self.workflow_id = workflow_id
+        self.steps = steps
+        self.next_step_id = 0
+        self.in_step = False
+        self.store_error: BaseException | None = None
+
+    def _take_id(self) -> int:
+        step_id = self.next_step_id
+        self.next_step_id += 1
+        return step_id
+
+    def _replayed(self, step_id: int, name: str, kind: str) -> StepRecord | None:
+        recorded = self.steps.get(step_id)
+        if recorded is not None and (recorded.name != name or recorded.kind != kind):
+            raise NonDeterministicWorkflow(
+                f"workflow {self.workflow_id!r} is not deterministic: step {step_id} was recorded as "
+                f"{recorded.kind} {recorded.name!r} but the code now calls {kind} {name!r}"
+            )
+        return recorded
+
+    def _store(self, call: Callable[[], T]) -> T:
+        """Run a store call; remember a store failure so the execution ends as Interrupted, not ERROR."""
+        try:
+            return call()
+        except WorkflowCancelled:
+            raise _Cancelled() from None
+        except Exception as exc:
+            self.store_error = exc
+            raise
+
+    def _output(self, step: StepRecord) -> Any:
+        if step.error is not None:
+            raise decode_error(step.error)
+        return self.engine.serializer.loads(step.output) if step.output is not None else None
+
+    # -- operations ---------------------------------------------------------------------------------
+    def run_step(self, name: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], attempts: int, interval: float, backoff: float) -> T:
+        step_id = self._take_id()
+        recorded = self._replayed(step_id, name, "step")
+        if recorded is not None:
+            return self._output(recorded)  # type: ignore[no-any-return]
+        engine = self.engine
+        started = engine.clock()
+        self.in_step = True
+        try:
+            for attempt in range(1, attempts + 1):
+                try:
+                    value = fn(*args, **kwargs)
+                    break
+                except engine.passthrough:
+                    raise
+                except Exception as exc:
+                    if attempt == attempts:
+                        error = encode_error(exc)
+                        step = StepRecord(self.workflow_id, step_id, name, "step", None, error, None, started, engine.clock())
+                        self._store(lambda: engine.store.record_step(self.lease, step))
+                        raise
+                    log.info("step %s of %s failed (attempt %d/%d): %r", name, self.workflow_id, attempt, attempts, exc)
+                    time.sleep(interval * backoff ** (attempt - 1))
+        finally:
+            self.in_step = False
+        try:
+            output = engine.serializer.dumps(value)
+        except SerializationError as exc:
+            raise SerializationError(f"step {name!r} returned a value that cannot be stored: {exc}") from None
+        step = StepRecord(self.workflow_id, step_id, name, "step", output, None, None, started, engine.clock())
+        stored = self._store(lambda: engine.store.record_step(self.lease, step))
+        # Whoever wrote first wins: return the stored output, not ours, if they differ.
+        return value if stored is step else self._output(stored)  # type: ignore[no-any-return]
+
+    def _wait(self, name: str, kind: str, topics: tuple[str, ...], target: str | None, timeout: float | None) -> StepRecord | None:
+        """Run a waiting operation; return its checkpoint, or None when it timed out."""
+        step_id = self._take_id()
+        recorded = self._replayed(step_id, name, kind)
+        if recorded is None:
+            engine = self.engine
+            request = WaitRequest(step_id, name, kind, topics, target, timeout, engine.clock(), engine.config.horizon)
+            result = self._store(lambda: engine.store.wait_step(self.lease, request))
+            if isinstance(result, Suspended):
+                raise Suspend(result.dispatch)
+            recorded = result
+        if recorded.output is None and recorded.error is None:
+            return None
+        return recorded
+
+    def recv(self, topics: tuple[str, ...], timeout: float | None) -> tuple[str, Any]:
+        step = self._wait(_op_name("recv", ",".join(topics)), "recv", topics, None, timeout)
+        if step is None:
+            return "", TIMED_OUT
+        return step.topic or "", self._output(step)
+
+    def get_event(self, workflow_id: str, key: str, timeout: float | None) -> Any:
+        step = self._wait(_op_name("get_event", workflow_id, key), "event", (key,), workflow_id, timeout)
+        return TIMED_OUT if step is None else self._output(step)
+
+    def sleep(self, seconds: float) -> None:
+        self._wait("sleep", "sleep", (), None, seconds)
+
+    def send(self, destination: str, topic: str, payload: str, create_mailbox: bool) -> None:
+        step_id = self._take_id()
+        name = _op_name("send", destination, topic)
+        if self._replayed(step_id, name, "send") is not None:
+            return  # sent by an earlier execution: never again
+        engine = self.engine
+        now = engine.clock()
+        checkpoint = StepRecord(self.workflow_id, step_id, name, "send", "null", None, topic, now, now)
+        result = self._store(
+            lambda: engine.store.send(
+                destination, topic, payload, now, create_mailbox=create_mailbox, lease=self.lease, checkpoint=checkpoint
+            )
+        )
+        engine.publish_all(result.wakeups)
+
+    def set_event(self, key: str, value: str) -> None:
+        step_id = self._take_id()
+        name = _op_name("set_event", key)
+        if self._replayed(step_id, name, "set_event") is not None:
+            return
+        engine = self.engine
+        now = engine.clock()
+        checkpoint = StepRecord(self.workflow_id, step_id, name, "set_event", "null", None, None, now, now)
+        wakeups = self._store(lambda: engine.store.set_event(self.lease, key, value, checkpoint))
+        engine.publish_all(wakeups)

@@ -1,0 +1,89 @@
+"""Every error this package raises derives from :class:`DurableError`.
+
+Each subclass's docstring is its default message, so ``raise WorkflowNotFound()``
+already says something useful; callers pass a more precise message when they have one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DurableError(Exception):
+    """Unexpected celery_durable error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (Celery result backends, multiprocessing):
+        # rebuild them from their message alone.
+        return (type(self), (str(self),))
+
+
+class ConfigurationError(DurableError):
+    """Raised when celery_durable is configured with a value it cannot use."""
+
+
+class SerializationError(DurableError, TypeError):
+    """Raised when a value cannot be serialized with the configured serializer."""
+
+
+class PayloadTooLarge(DurableError, ValueError):
+    """Raised when a message payload is larger than the configured limit."""
+
+
+class InvalidArgument(DurableError, ValueError):
+    """Raised when an argument (workflow id, topic, key, timeout) is not valid."""
+
+
+class WorkflowNotFound(DurableError, LookupError):
+    """Raised when no workflow exists with the given id."""
+
+
+class WorkflowConflict(DurableError):
+    """Raised when a workflow id is already used by a different workflow function."""
+
+
+class NotInWorkflow(DurableError, RuntimeError):
+    """Raised when an operation that only makes sense inside a workflow is called outside one."""
+
+
+class NonDeterministicWorkflow(DurableError):
+    """Raised when a replayed workflow calls a different operation than the one recorded."""
+
+
+class WorkflowCancelled(DurableError):
+    """Raised when a workflow was cancelled."""
+
+
+class WorkflowFailed(DurableError):
+    """Raised by ``result()`` when the workflow ended in ERROR.
+
+    The original error's type name, message and traceback text are kept on
+    ``error_type``, ``error_message`` and ``remote_traceback``.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        error_type: str = "",
+        error_message: str = "",
+        remote_traceback: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_failed, (str(self), self.error_type, self.error_message, self.remote_traceback))
+
+
+def _rebuild_failed(message: str, error_type: str, error_message: str, tb: str) -> WorkflowFailed:
+    return WorkflowFailed(message, error_type=error_type, error_message=error_message, remote_traceback=tb)
+
+
+class StoreUnavailable(DurableError):
+    """Raised when the workflow store cannot be reached; the operation can be retried."""

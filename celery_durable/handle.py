@@ -1,0 +1,75 @@
+"""Handles on workflows, read from the store (no Celery needed)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import WorkflowCancelled, WorkflowNotFound
+from .serialization import decode_error
+from .store import StepRecord, WorkflowRecord, WorkflowStatus
+
+if TYPE_CHECKING:
+    from .integration import Durable
+
+
+class WorkflowHandle:
+    """A workflow by id: its status, result, steps; cancel it."""
+
+    def __init__(self, durable: Durable, workflow_id: str) -> None:
+        self._durable = durable
+        self.workflow_id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.workflow_id!r}>"
+
+    def record(self) -> WorkflowRecord:
+        """Return the stored workflow row."""
+        record = self._durable.store.get_workflow(self.workflow_id)
+        if record is None:
+            raise WorkflowNotFound(f"no workflow with id {self.workflow_id!r}")
+        return record
+
+    def status(self) -> WorkflowStatus:
+        """Return the current :class:`WorkflowStatus`."""
+        return self.record().status
+
+    def steps(self) -> list[StepRecord]:
+        """Return the recorded checkpoints, in step order."""
+        return self._durable.list_steps(self.workflow_id)
+
+    def cancel(self) -> WorkflowStatus:
+        """Cancel the workflow (see :meth:`Durable.cancel`); return its status afterwards."""
+        return self._durable.cancel(self.workflow_id)
+
+    def result(self, timeout: float | None = None, poll_interval: float = 0.5) -> Any:
+        """Wait for the workflow to finish and return its value.
+
+        Re-raises the workflow's error (the same type when this process knows it, else
+        :class:`~celery_durable.errors.WorkflowFailed`), raises
+        :class:`~celery_durable.errors.WorkflowCancelled` for a cancelled one, and the builtin
+        ``TimeoutError`` when it has not finished within *timeout* seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            record = self.record()
+            if record.status.is_terminal:
+                return self._durable.decode_result(record)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"workflow {self.workflow_id!r} did not finish within {timeout} s (it is {record.status})")
+            pause = min(delay, poll_interval)
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay *= 2
+
+
+def decode_result(record: WorkflowRecord, loads: Any) -> Any:
+    """Return a finished workflow's value or raise its error."""
+    if record.status == WorkflowStatus.SUCCESS:
+        return loads(record.output) if record.output is not None else None
+    if record.status == WorkflowStatus.CANCELLED:
+        raise WorkflowCancelled(f"workflow {record.workflow_id!r} was cancelled")
+    assert record.error is not None
+    raise decode_error(record.error)

@@ -1,0 +1,189 @@
+"""The store contract: every domain operation the workflow engine needs, and nothing else.
+
+A store holds serialized text and knows nothing about Celery or about how values are
+serialized. Every method states what it guarantees; the contract test suite
+(``tests/store``) checks each backend against exactly these sentences.
+
+Invariants every implementation keeps:
+
+* **Tickets.** Each workflow has an integer ``ticket``. Every operation that asks for a
+  new task message (a wait's timer, a wake-up, a recovery) increments it and returns a
+  :class:`Dispatch` with the new value, so at most one task message is *live*: an
+  execution whose message carries an older ticket does nothing (:meth:`Store.begin`
+  returns ``None``). Stale timers and duplicate wake-ups therefore cost one no-op.
+* **Exclusive execution.** :meth:`Store.acquire` gives at most one live holder per
+  workflow, and the lock dies with its holder's process or connection. Every write an
+  execution makes goes through its lease.
+* **No lost wake-up.** Recording a wait (:meth:`Store.wait_step`) and storing a message
+  (:meth:`Store.send`) both lock the destination's workflow row, so they are serialised:
+  either the wait sees the message, or the send sees the wait and wakes it.
+"""
+
+from __future__ import annotations
+
+import abc
+from .records import (
+    Dispatch,
+    Execution,
+    SendResult,
+    StepRecord,
+    Suspended,
+    WaitRequest,
+    WorkflowRecord,
+    WorkflowStatus,
+)
+
+
+class Lease(abc.ABC):
+    """Proof that this process holds a workflow's execution lock."""
+
+    workflow_id: str
+
+
+class Store(abc.ABC):
+    """Narrow domain interface of the workflow store."""
+
+    # -- schema ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Create or upgrade the schema to the newest version; return that version. Idempotent and safe to call concurrently."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """Return the schema version in the database (0 when nothing was created)."""
+
+    # -- workflows --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_workflow(
+        self, workflow_id: str, name: str, inputs: str, queue: str | None, now: float
+    ) -> tuple[WorkflowRecord, bool]:
+        """Insert a PENDING workflow with ticket 0 unless the id exists.
+
+        Return the stored record and whether this call created it. An existing row is
+        returned unchanged whatever its name: the caller decides what a conflict means.
+        """
+
+    @abc.abstractmethod
+    def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        """Return the workflow, or ``None``."""
+
+    @abc.abstractmethod
+    def list_workflows(
+        self, status: WorkflowStatus | None = None, name: str | None = None, limit: int = 100
+    ) -> list[WorkflowRecord]:
+        """Return workflows, newest first, optionally filtered by status and name."""
+
+    @abc.abstractmethod
+    def list_steps(self, workflow_id: str) -> list[StepRecord]:
+        """Return a workflow's checkpoints ordered by step id."""
+
+    @abc.abstractmethod
+    def cancel(self, workflow_id: str, now: float) -> WorkflowRecord | None:
+        """Mark a workflow CANCELLED unless it already finished; bump its ticket so queued messages go stale.
+
+        Return the record after the change (or unchanged when it had finished), ``None`` if unknown.
+        """
+
+    # -- execution ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def acquire(self, workflow_id: str) -> Lease | None:
+        """Take the workflow's execution lock without blocking; ``None`` when another holder has it.
+
+        The lock is released by :meth:`release`, and also when the holding process dies.
+        """
+
+    @abc.abstractmethod
+    def release(self, lease: Lease) -> None:
+        """Release the lock. Never raises; a lock that cannot be released cleanly dies with its connection."""
+
+    @abc.abstractmethod
+    def begin(self, lease: Lease, ticket: int, now: float) -> Execution | None:
+        """Start an execution for a message carrying *ticket*.
+
+        Return ``None`` (and change nothing) when the workflow finished or *ticket* is not its
+        current ticket. Otherwise mark it RUNNING, count the execution, forget any timer
+        (the message being executed is the only live one) and return the row with every
+        checkpoint, read in one round trip per table.
+        """
+
+    @abc.abstractmethod
+    def record_step(self, lease: Lease, step: StepRecord) -> StepRecord:
+        """Write a checkpoint once; return the stored one (the earlier one if it already existed).
+
+        Raises :class:`~celery_durable.errors.WorkflowCancelled` when the workflow was
+        cancelled, writing nothing.
+        """
+
+    @abc.abstractmethod
+    def wait_step(self, lease: Lease, request: WaitRequest) -> StepRecord | Suspended:
+        """Complete a waiting operation or record the wait, in one transaction.
+
+        The deadline is ``now + timeout`` the first time *step_id* waits and the recorded one
+        afterwards. A matching message (oldest by sequence number) is consumed and becomes the
+        checkpoint; an event that is set becomes the checkpoint; a passed deadline writes a
+        timed-out checkpoint (``output`` ``None``). Otherwise the workflow becomes WAITING, its
+        ticket is bumped, and :class:`Suspended` says which timer (if any) to publish.
+        Raises ``WorkflowCancelled`` when the workflow was cancelled.
+        """
+
+    @abc.abstractmethod
+    def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
+        """Record the end of the workflow (SUCCESS or ERROR) unless it was cancelled meanwhile."""
+
+    # -- messages and events ------------------------------------------------------------------
+    @abc.abstractmethod
+    def send(
+        self,
+        destination: str,
+        topic: str,
+        payload: str,
+        now: float,
+        *,
+        idempotency_key: str | None = None,
+        create_mailbox: bool = False,
+        lease: Lease | None = None,
+        checkpoint: StepRecord | None = None,
+    ) -> SendResult:
+        """Store a message for *destination* on *topic* ('' is the default topic), in one transaction.
+
+        Raises ``WorkflowNotFound`` (writing nothing) when the destination does not exist and
+        *create_mailbox* is false. A repeated *idempotency_key* for the same destination stores
+        nothing and returns the first message's sequence number with ``created`` false. When the
+        destination waits on this topic and was not already woken, it becomes PENDING with a new
+        ticket and the returned wake-up must be published. With *lease* and *checkpoint* (a send
+        inside a workflow) the checkpoint is written in the same transaction.
+        """
+
+    @abc.abstractmethod
+    def set_event(self, lease: Lease, key: str, value: str, checkpoint: StepRecord) -> list[Dispatch]:
+        """Set (overwrite) an event of the leased workflow and write *checkpoint*, in one transaction; return wake-ups for workflows waiting on it."""
+
+    @abc.abstractmethod
+    def get_event(self, workflow_id: str, key: str) -> str | None:
+        """Return an event's current serialized value, or ``None`` when it is not set."""
+
+    # -- recovery -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sweep(self, now: float, horizon: float, grace: float, limit: int = 500) -> list[Dispatch]:
+        """Find workflows that should be moving but have no live task message, and claim them.
+
+        * WAITING with an unarmed deadline within *horizon*: arm a timer (countdown to the deadline).
+        * WAITING whose timer is overdue by more than *grace*: the timer was lost; run it now.
+        * PENDING dispatched more than *grace* ago: the message was lost (or is stuck); dispatch again.
+        * RUNNING whose execution lock is free: its worker died; dispatch again.
+
+        A workflow whose lock is held is never touched, so sweeping a running workflow is harmless.
+        """
+
+    @abc.abstractmethod
+    def waiting_count(self) -> int:
+        """Return how many workflows are WAITING (for metrics and tests)."""
+
+    def after_fork(self) -> None:
+        """Drop connections inherited from a parent process (call in each forked child)."""
+
+    def close(self) -> None:
+        """Release every connection."""
+
+
+__all__ = ["Lease", "Store"]

@@ -1,0 +1,138 @@
+"""Plain records that cross the store interface. No SQL, no Celery."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class WorkflowStatus(str, enum.Enum):
+    """Where a workflow is in its life.
+
+    PENDING: a task message for it is queued (new, woken, or re-enqueued by recovery).
+    RUNNING: a worker is executing it.
+    WAITING: it waits in ``recv``/``get_event``/``sleep``; no worker slot is held.
+    SUCCESS, ERROR, CANCELLED: finished; nothing runs it again.
+    """
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_TERMINAL = frozenset({WorkflowStatus.SUCCESS, WorkflowStatus.ERROR, WorkflowStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    """One workflow as stored. ``inputs``, ``output`` and ``error`` are serialized text."""
+
+    workflow_id: str
+    name: str
+    status: WorkflowStatus
+    inputs: str
+    output: str | None
+    error: str | None
+    queue: str | None
+    ticket: int
+    created_at: float
+    updated_at: float
+    executions: int = 0
+    wait_kind: str | None = None
+    wait_target: str | None = None
+    wait_topics: tuple[str, ...] | None = None
+    wait_step: int | None = None
+    deadline: float | None = None
+    timer_due: float | None = None
+    dispatched_at: float | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One checkpoint: a step's output or error, or what a ``recv``/``get_event``/``sleep``/``send`` did.
+
+    ``output`` is serialized text; ``None`` with ``error`` also ``None`` means "timed out"
+    for waiting operations. ``topic`` is the topic a ``recv`` received from.
+    """
+
+    workflow_id: str
+    step_id: int
+    name: str
+    kind: str
+    output: str | None = None
+    error: str | None = None
+    topic: str | None = None
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A task message the caller must publish: run *workflow_id* with *ticket*.
+
+    Every dispatch carries a new ticket, which makes every earlier message for the
+    workflow stale: an execution runs only when its message's ticket is the current one.
+    ``countdown`` is seconds from now (0 means at once).
+    """
+
+    workflow_id: str
+    name: str
+    queue: str | None
+    ticket: int
+    countdown: float = 0.0
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What an execution starts from: the workflow row and all its checkpoints (one read)."""
+
+    workflow: WorkflowRecord
+    steps: dict[int, StepRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WaitRequest:
+    """A waiting operation at *step_id*: ``recv`` on *topics*, ``event`` *key* of *target*, or ``sleep``.
+
+    *timeout* counts from the first time this step waits (the deadline is recorded then);
+    ``None`` waits without a deadline. *horizon* is the longest countdown a timer may use.
+    """
+
+    step_id: int
+    name: str
+    kind: str  # "recv" | "event" | "sleep"
+    topics: tuple[str, ...] = ()
+    target: str | None = None
+    timeout: float | None = None
+    now: float = 0.0
+    horizon: float = 300.0
+
+
+@dataclass(frozen=True)
+class Suspended:
+    """The step could not complete: the wait is recorded.
+
+    *dispatch* is the timer message to publish with its countdown, or ``None`` when the
+    deadline is beyond the horizon (or absent) and the sweep will arm it later.
+    """
+
+    dispatch: Dispatch | None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """A stored message: its sequence number, whether it was new, and wake-ups to publish."""
+
+    seq: int
+    created: bool
+    wakeups: tuple[Dispatch, ...] = ()

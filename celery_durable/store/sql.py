@@ -1,0 +1,541 @@
+"""The store in SQLAlchemy Core, shared by PostgreSQL and SQLite.
+
+Backends override only engine set-up, the execution lock, the channel lock and the
+``INSERT ... ON CONFLICT`` construct (see ``postgres.py`` and ``sqlite.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import DurableError, WorkflowCancelled, WorkflowNotFound
+from .base import Lease, Store
+from .records import (
+    Dispatch,
+    Execution,
+    SendResult,
+    StepRecord,
+    Suspended,
+    WaitRequest,
+    WorkflowRecord,
+    WorkflowStatus,
+)
+from .schema import LATEST_VERSION, MIGRATIONS, build_tables
+
+_ACTIVE = (WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value, WorkflowStatus.WAITING.value)
+_CLEARED_WAIT: dict[str, Any] = {
+    "wait_kind": None,
+    "wait_target": None,
+    "wait_topics": None,
+    "wait_step": None,
+    "deadline": None,
+    "timer_due": None,
+}
+
+
+class SQLLease(Lease):
+    """An execution lock plus the connection every write of that execution goes through."""
+
+    def __init__(self, workflow_id: str, conn: sa.Connection, handle: Any = None) -> None:
+        self.workflow_id = workflow_id
+        self.conn = conn
+        self.handle = handle  # backend-specific: a lock file descriptor for SQLite
+
+
+class SQLStore(Store):
+    """Every query of the store; subclasses provide the engine and the locks."""
+
+    dialect_name = ""
+
+    def __init__(self, engine: sa.Engine, prefix: str = "durable_") -> None:
+        self.engine = engine
+        self.prefix = prefix
+        self.t = build_tables(prefix)
+
+    # -- backend hooks -------------------------------------------------------------------------
+    def _insert(self, table: sa.Table) -> Any:
+        """Return the dialect's INSERT construct (it must support ``on_conflict_do_nothing``)."""
+        raise NotImplementedError
+
+    def _lock_channel(self, conn: sa.Connection, kind: str, workflow_id: str) -> None:
+        """Serialise, until commit, every transaction that reads or writes *kind* data of *workflow_id*."""
+
+    def _lock_migrations(self, conn: sa.Connection) -> None:
+        """Serialise concurrent migrators until commit."""
+
+    # -- schema ---------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        version = self.t.version
+        with self.engine.begin() as conn:
+            self._lock_migrations(conn)
+            version.create(conn, checkfirst=True)
+            current = conn.execute(sa.select(version.c.version)).scalar()
+            if current is None:
+                conn.execute(version.insert().values(version=0))
+                current = 0
+            if current > LATEST_VERSION:
+                raise DurableError(
+                    f"the database schema is at version {current}, newer than this celery_durable "
+                    f"(version {LATEST_VERSION}); upgrade the package"
+                )
+            for number in range(current, LATEST_VERSION):
+                MIGRATIONS[number](conn, self.t)
+            conn.execute(version.update().values(version=LATEST_VERSION))
+        return LATEST_VERSION
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(self.t.version.name):
+                return 0
+            return int(conn.execute(sa.select(self.t.version.c.version)).scalar() or 0)
+
+    # -- helpers --------------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self, lease: Lease | None = None) -> Iterator[sa.Connection]:
+        if lease is None:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            assert isinstance(lease, SQLLease)
+            with lease.conn.begin():
+                yield lease.conn
+
+    @staticmethod
+    def _workflow(row: Any) -> WorkflowRecord:
+        m = row._mapping
+        topics = m["wait_topics"]
+        return WorkflowRecord(
+            workflow_id=m["workflow_id"],
+            name=m["name"],
+            status=WorkflowStatus(m["status"]),
+            inputs=m["inputs"],
+            output=m["output"],
+            error=m["error"],
+            queue=m["queue"],
+            ticket=m["ticket"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+            executions=m["executions"],
+            wait_kind=m["wait_kind"],
+            wait_target=m["wait_target"],
+            wait_topics=tuple(json.loads(topics)) if topics is not None else None,
+            wait_step=m["wait_step"],
+            deadline=m["deadline"],
+            timer_due=m["timer_due"],
+            dispatched_at=m["dispatched_at"],
+        )
+
+    @staticmethod
+    def _step(row: Any) -> StepRecord:
+        m = row._mapping
+        return StepRecord(
+            workflow_id=m["workflow_id"],
+            step_id=m["step_id"],
+            name=m["name"],
+            kind=m["kind"],
+            output=m["output"],
+            error=m["error"],
+            topic=m["topic"],
+            started_at=m["started_at"],
+            ended_at=m["ended_at"],
+        )
+
+    @staticmethod
+    def _step_values(step: StepRecord) -> dict[str, Any]:
+        return {
+            "workflow_id": step.workflow_id,
+            "step_id": step.step_id,
+            "name": step.name,
+            "kind": step.kind,
+            "output": step.output,
+            "error": step.error,
+            "topic": step.topic,
+            "started_at": step.started_at,
+            "ended_at": step.ended_at,
+        }
+
+    def _select_workflow(self, conn: sa.Connection, workflow_id: str, for_update: bool = False) -> WorkflowRecord | None:
+        w = self.t.workflows
+        query = sa.select(w).where(w.c.workflow_id == workflow_id)
+        if for_update:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        return self._workflow(row) if row is not None else None
+
+    def _bump(self, conn: sa.Connection, wf: WorkflowRecord, now: float, **values: Any) -> int | None:
+        """Give *wf* a new ticket if nobody changed it since it was read; return the ticket or None."""
+        w = self.t.workflows
+        new_ticket = wf.ticket + 1
+        result = conn.execute(
+            w.update()
+            .where(w.c.workflow_id == wf.workflow_id, w.c.ticket == wf.ticket)
+            .values(ticket=new_ticket, updated_at=now, **values)
+            .returning(w.c.ticket)
+        ).first()
+        return new_ticket if result is not None else None
+
+    def _raise_if_cancelled(self, conn: sa.Connection, workflow_id: str) -> None:
+        w = self.t.workflows
+        status = conn.execute(sa.select(w.c.status).where(w.c.workflow_id == workflow_id)).scalar()
+        if status == WorkflowStatus.CANCELLED.value:
+            raise WorkflowCancelled(f"workflow {workflow_id!r} was cancelled")
+        if status != WorkflowStatus.RUNNING.value:
+            raise DurableError(f"workflow {workflow_id!r} is {status}, not RUNNING: this execution lost its claim")
+
+    # -- workflows ------------------------------------------------------------------------------
+    def create_workflow(
+        self, workflow_id: str, name: str, inputs: str, queue: str | None, now: float
+    ) -> tuple[WorkflowRecord, bool]:
+        w = self.t.workflows
+        stmt = (
+            self._insert(w)
+            .values(
+                workflow_id=workflow_id,
+                name=name,
+                status=WorkflowStatus.PENDING.value,
+                inputs=inputs,
+                queue=queue,
+                ticket=0,
+                executions=0,
+                created_at=now,
+                updated_at=now,
+                dispatched_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[w.c.workflow_id])
+            .returning(*w.c)
+        )
+        with self._tx() as conn:
+            row = conn.execute(stmt).first()
+            if row is not None:
+                return self._workflow(row), True
+            existing = self._select_workflow(conn, workflow_id)
+        assert existing is not None
+        return existing, False
+
+    def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        with self.engine.connect() as conn:
+            return self._select_workflow(conn, workflow_id)
+
+    def list_workflows(
+        self, status: WorkflowStatus | None = None, name: str | None = None, limit: int = 100
+    ) -> list[WorkflowRecord]:
+        w = self.t.workflows
+        query = sa.select(w).order_by(w.c.created_at.desc(), w.c.workflow_id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(w.c.status == WorkflowStatus(status).value)
+        if name is not None:
+            query = query.where(w.c.name == name)
+        with self.engine.connect() as conn:
+            return [self._workflow(r) for r in conn.execute(query)]
+
+    def list_steps(self, workflow_id: str) -> list[StepRecord]:
+        s = self.t.steps
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(s).where(s.c.workflow_id == workflow_id).order_by(s.c.step_id))
+            return [self._step(r) for r in rows]
+
+    def cancel(self, workflow_id: str, now: float) -> WorkflowRecord | None:
+        w = self.t.workflows
+        with self._tx() as conn:
+            self._lock_channel(conn, "m", workflow_id)
+            conn.execute(
+                w.update()
+                .where(w.c.workflow_id == workflow_id, w.c.status.in_(_ACTIVE))
+                .values(status=WorkflowStatus.CANCELLED.value, ticket=w.c.ticket + 1, updated_at=now, **_CLEARED_WAIT)
+            )
+            return self._select_workflow(conn, workflow_id)
+
+    # -- execution ------------------------------------------------------------------------------
+    def begin(self, lease: Lease, ticket: int, now: float) -> Execution | None:
+        w, s = self.t.workflows, self.t.steps
+        with self._tx(lease) as conn:
+            row = conn.execute(
+                w.update()
+                .where(w.c.workflow_id == lease.workflow_id, w.c.ticket == ticket, w.c.status.in_(_ACTIVE))
+                .values(
+                    status=WorkflowStatus.RUNNING.value,
+                    executions=w.c.executions + 1,
+                    timer_due=None,
+                    dispatched_at=None,
+                    updated_at=now,
+                )
+                .returning(*w.c)
+            ).first()
+            if row is None:
+                return None
+            steps = conn.execute(sa.select(s).where(s.c.workflow_id == lease.workflow_id))
+            return Execution(self._workflow(row), {r.step_id: self._step(r) for r in steps})
+
+    def _insert_step(self, conn: sa.Connection, step: StepRecord) -> bool:
+        """Insert *step* only while its workflow is RUNNING and the step id is free; return whether it did."""
+        s, w = self.t.steps, self.t.workflows
+        values = self._step_values(step)
+        running = sa.exists().where(
+            w.c.workflow_id == step.workflow_id, w.c.status == WorkflowStatus.RUNNING.value
+        )
+        source = sa.select(*[sa.literal(values[c.name], type_=c.type).label(c.name) for c in s.c]).where(running)
+        stmt = (
+            self._insert(s)
+            .from_select([c.name for c in s.c], source)
+            .on_conflict_do_nothing(index_elements=[s.c.workflow_id, s.c.step_id])
+            .returning(s.c.step_id)  # rowcount is -1 for INSERT ... SELECT with psycopg
+        )
+        return conn.execute(stmt).first() is not None
+
+    def record_step(self, lease: Lease, step: StepRecord) -> StepRecord:
+        s = self.t.steps
+        with self._tx(lease) as conn:
+            if self._insert_step(conn, step):
+                return step
+            existing = conn.execute(
+                sa.select(s).where(s.c.workflow_id == step.workflow_id, s.c.step_id == step.step_id)
+            ).first()
+            if existing is not None:
+                return self._step(existing)
+            self._raise_if_cancelled(conn, step.workflow_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def wait_step(self, lease: Lease, request: WaitRequest) -> StepRecord | Suspended:
+        w, m, e = self.t.workflows, self.t.messages, self.t.events
+        wid = lease.workflow_id
+        now = request.now
+        with self._tx(lease) as conn:
+            if request.kind == "event":
+                assert request.target is not None
+                self._lock_channel(conn, "e", request.target)
+            else:
+                self._lock_channel(conn, "m", wid)
+            wf = self._select_workflow(conn, wid, for_update=True)
+            if wf is None or wf.status != WorkflowStatus.RUNNING:
+                self._raise_if_cancelled(conn, wid)
+            assert wf is not None
+            if wf.wait_step == request.step_id and (wf.deadline is not None or request.timeout is None):
+                deadline = wf.deadline
+            else:
+                deadline = None if request.timeout is None else now + request.timeout
+            step: StepRecord | None = None
+            base = {"workflow_id": wid, "step_id": request.step_id, "name": request.name, "kind": request.kind}
+            if request.kind == "recv":
+                found = conn.execute(
+                    sa.select(m.c.seq, m.c.topic, m.c.payload)
+                    .where(m.c.destination == wid, m.c.topic.in_(request.topics), m.c.consumed_at.is_(None))
+                    .order_by(m.c.seq)
+                    .limit(1)
+                ).first()
+                if found is not None:
+                    conn.execute(m.update().where(m.c.seq == found.seq).values(consumed_at=now))
+                    step = StepRecord(**base, output=found.payload, topic=found.topic, started_at=now, ended_at=now)
+            elif request.kind == "event":
+                value = conn.execute(
+                    sa.select(e.c.value).where(e.c.workflow_id == request.target, e.c.key == request.topics[0])
+                ).scalar()
+                if value is not None:
+                    step = StepRecord(**base, output=value, started_at=now, ended_at=now)
+            if step is None and deadline is not None and now >= deadline:
+                step = StepRecord(**base, output=None, started_at=now, ended_at=now)  # timed out
+            if step is not None:
+                if not self._insert_step(conn, step):
+                    raise DurableError(f"step {request.step_id} of workflow {wid!r} was already recorded")
+                conn.execute(w.update().where(w.c.workflow_id == wid).values(updated_at=now, **_CLEARED_WAIT))
+                return step
+            armed = deadline is not None and deadline - now <= request.horizon
+            ticket = self._bump(
+                conn,
+                wf,
+                now,
+                status=WorkflowStatus.WAITING.value,
+                wait_kind=request.kind,
+                wait_target=request.target if request.kind == "event" else wid,
+                wait_topics=json.dumps(list(request.topics)),
+                wait_step=request.step_id,
+                deadline=deadline,
+                timer_due=deadline if armed else None,
+                dispatched_at=None,
+            )
+            assert ticket is not None  # we hold the execution lock and the row lock
+            if not armed:
+                return Suspended(None)
+            assert deadline is not None
+            return Suspended(Dispatch(wid, wf.name, wf.queue, ticket, max(0.0, deadline - now)))
+
+    def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
+        w = self.t.workflows
+        with self._tx(lease) as conn:
+            conn.execute(
+                w.update()
+                .where(w.c.workflow_id == lease.workflow_id, w.c.status == WorkflowStatus.RUNNING.value)
+                .values(status=status.value, output=output, error=error, updated_at=now, **_CLEARED_WAIT)
+            )
+
+    # -- messages and events ----------------------------------------------------------------------
+    def send(
+        self,
+        destination: str,
+        topic: str,
+        payload: str,
+        now: float,
+        *,
+        idempotency_key: str | None = None,
+        create_mailbox: bool = False,
+        lease: Lease | None = None,
+        checkpoint: StepRecord | None = None,
+    ) -> SendResult:
+        m, w = self.t.messages, self.t.workflows
+        with self._tx(lease) as conn:
+            self._lock_channel(conn, "m", destination)
+            wf = self._select_workflow(conn, destination, for_update=True)
+            if wf is None and not create_mailbox:
+                raise WorkflowNotFound(
+                    f"cannot send to workflow {destination!r}: no such workflow "
+                    "(pass create_mailbox=True to keep messages for a workflow that starts later)"
+                )
+            values = {
+                "destination": destination,
+                "topic": topic,
+                "payload": payload,
+                "idempotency_key": idempotency_key,
+                "created_at": now,
+            }
+            stmt = self._insert(m).values(**values).returning(m.c.seq)
+            if idempotency_key is not None:
+                stmt = stmt.on_conflict_do_nothing(index_elements=[m.c.destination, m.c.idempotency_key])
+            seq = conn.execute(stmt).scalar()
+            if seq is None:
+                first = conn.execute(
+                    sa.select(m.c.seq).where(m.c.destination == destination, m.c.idempotency_key == idempotency_key)
+                ).scalar_one()
+                return SendResult(int(first), False)
+            if checkpoint is not None and not self._insert_step(conn, checkpoint):
+                self._raise_if_cancelled(conn, checkpoint.workflow_id)
+                raise DurableError(f"step {checkpoint.step_id} of {checkpoint.workflow_id!r} was already recorded")
+            wakeups: tuple[Dispatch, ...] = ()
+            if (
+                wf is not None
+                and wf.status == WorkflowStatus.WAITING
+                and wf.wait_kind == "recv"
+                and topic in (wf.wait_topics or ())
+            ):
+                ticket = self._bump(
+                    conn, wf, now, status=WorkflowStatus.PENDING.value, timer_due=None, dispatched_at=now
+                )
+                if ticket is not None:
+                    wakeups = (Dispatch(destination, wf.name, wf.queue, ticket),)
+            return SendResult(int(seq), True, wakeups)
+
+    def set_event(self, lease: Lease, key: str, value: str, checkpoint: StepRecord) -> list[Dispatch]:
+        e, w = self.t.events, self.t.workflows
+        wid = lease.workflow_id
+        now = checkpoint.ended_at
+        with self._tx(lease) as conn:
+            self._lock_channel(conn, "e", wid)
+            if not self._insert_step(conn, checkpoint):
+                self._raise_if_cancelled(conn, wid)
+                raise DurableError(f"step {checkpoint.step_id} of {wid!r} was already recorded")
+            upsert = self._insert(e).values(workflow_id=wid, key=key, value=value, updated_at=now)
+            conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[e.c.workflow_id, e.c.key], set_={"value": value, "updated_at": now}
+                )
+            )
+            waiters = conn.execute(
+                sa.select(w)
+                .where(
+                    w.c.wait_target == wid,
+                    w.c.wait_kind == "event",
+                    w.c.status == WorkflowStatus.WAITING.value,
+                )
+                .with_for_update()
+            )
+            wakeups = []
+            for row in waiters.all():
+                waiter = self._workflow(row)
+                if key in (waiter.wait_topics or ()):
+                    ticket = self._bump(
+                        conn, waiter, now, status=WorkflowStatus.PENDING.value, timer_due=None, dispatched_at=now
+                    )
+                    if ticket is not None:
+                        wakeups.append(Dispatch(waiter.workflow_id, waiter.name, waiter.queue, ticket))
+            return wakeups
+
+    def get_event(self, workflow_id: str, key: str) -> str | None:
+        e = self.t.events
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(e.c.value).where(e.c.workflow_id == workflow_id, e.c.key == key)).scalar()
+            return str(value) if value is not None else None
+
+    # -- recovery -------------------------------------------------------------------------------
+    def sweep(self, now: float, horizon: float, grace: float, limit: int = 500) -> list[Dispatch]:
+        w = self.t.workflows
+        waiting = w.c.status == WorkflowStatus.WAITING.value
+        due = sa.or_(
+            sa.and_(waiting, w.c.timer_due.is_(None), w.c.deadline.is_not(None), w.c.deadline <= now + horizon),
+            sa.and_(waiting, w.c.timer_due < now - grace),
+            sa.and_(
+                w.c.status == WorkflowStatus.PENDING.value,
+                sa.or_(w.c.dispatched_at.is_(None), w.c.dispatched_at < now - grace),
+            ),
+            w.c.status == WorkflowStatus.RUNNING.value,
+        )
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(sa.select(w.c.workflow_id).where(due).order_by(w.c.updated_at).limit(limit)).scalars())
+        dispatches = []
+        for workflow_id in ids:
+            lease = self.acquire(workflow_id)
+            if lease is None:
+                continue  # a live execution holds it: leave it alone
+            try:
+                dispatch = self._reclaim(lease, now, horizon, grace)
+            finally:
+                self.release(lease)
+            if dispatch is not None:
+                dispatches.append(dispatch)
+        return dispatches
+
+    def _reclaim(self, lease: Lease, now: float, horizon: float, grace: float) -> Dispatch | None:
+        with self._tx(lease) as conn:
+            self._lock_channel(conn, "m", lease.workflow_id)
+            wf = self._select_workflow(conn, lease.workflow_id, for_update=True)
+            if wf is None:
+                return None
+            pending = {"status": WorkflowStatus.PENDING.value, "timer_due": None, "dispatched_at": now}
+            if wf.status == WorkflowStatus.WAITING:
+                if wf.timer_due is None and wf.deadline is not None and wf.deadline <= now + horizon:
+                    ticket = self._bump(conn, wf, now, timer_due=wf.deadline)
+                    countdown = max(0.0, wf.deadline - now)
+                elif wf.timer_due is not None and wf.timer_due < now - grace:
+                    ticket, countdown = self._bump(conn, wf, now, **pending), 0.0
+                else:
+                    return None
+            elif wf.status == WorkflowStatus.PENDING:
+                if wf.dispatched_at is not None and wf.dispatched_at >= now - grace:
+                    return None
+                ticket, countdown = self._bump(conn, wf, now, **pending), 0.0
+            elif wf.status == WorkflowStatus.RUNNING:
+                # We hold the execution lock, so the execution that set RUNNING is gone.
+                ticket, countdown = self._bump(conn, wf, now, **pending), 0.0
+            else:
+                return None
+            if ticket is None:
+                return None
+            return Dispatch(wf.workflow_id, wf.name, wf.queue, ticket, countdown)
+
+    def waiting_count(self) -> int:
+        w = self.t.workflows
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(w).where(w.c.status == WorkflowStatus.WAITING.value)
+                ).scalar_one()
+            )
+
+    def after_fork(self) -> None:
+        # Connections opened by the parent must not be used (or closed) by the child.
+        self.engine.dispose(close=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
