@@ -143,3 +143,22 @@ def nondeterministic(flag_file: str) -> Any:
     else:
         add(2, 2)
     return durable.recv("go", timeout=60)
+
+
+# --- Section: tests/e2e/test_workflows.py and tests/e2e/test_faults.py --------------------------
+
+
+@durable.workflow()
+def steps_then_recv(x: int, timeout: float) -> dict[str, Any]:
+    """Two steps, then a recv on "go": the body runs again when a message wakes it.
+
+    Marks "steps_then_recv.body" on every run of the body (not a step: it is not checkpointed).
+    """
+    mark("steps_then_recv.body")
+    a = add(x, 10)
+    b = add(a, 100)
+    message = durable.recv("go", timeout=timeout, default="<timeout>")
+    return {"sum": b, "message": message}
+
+
+# --- End of section: tests/e2e/test_workflows.py and tests/e2e/test_faults.py -------------------

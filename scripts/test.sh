@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install everything and run the whole test suite (lint, types, tests) on a fresh machine.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k messaging
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/services.sh
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/ruff check celery_durable tests examples benchmarks
+.venv/bin/mypy
+.venv/bin/pytest "$@"
