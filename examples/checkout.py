@@ -28,6 +28,7 @@ if BROKER == "filesystem://":
         broker_transport_options={
             "data_folder_in": str(DATA / "broker"),
             "data_folder_out": str(DATA / "broker"),
+            "control_folder": str(DATA / "control"),
             "polling_interval": 0.05,
         },
         worker_enable_remote_control=False,  # the filesystem transport has no broadcast
