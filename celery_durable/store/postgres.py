@@ -49,30 +49,31 @@ class PostgresStore(SQLStore):
         conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_KEY})"), {"k": self._key("migrate", "")})
 
     def acquire(self, workflow_id: str) -> Lease | None:
-        conn = self.engine.connect()
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            with conn.begin():
-                locked = conn.execute(
-                    sa.text(f"SELECT pg_try_advisory_lock({_KEY})"), {"k": self._key("x", workflow_id)}
-                ).scalar()
+            locked = conn.execute(
+                sa.text(f"SELECT pg_try_advisory_lock({_KEY})"), {"k": self._key("x", workflow_id)}
+            ).scalar()
+            conn.commit()
         except BaseException:
             conn.close()
             raise
         if not locked:
             conn.close()
             return None
-        return SQLLease(workflow_id, conn)
+        return SQLLease(workflow_id, conn, autocommit=True)
 
     def release(self, lease: Lease) -> None:
         assert isinstance(lease, SQLLease)
         conn = lease.conn
         try:
-            if conn.in_transaction():
-                conn.rollback()
-            with conn.begin():
-                unlocked = conn.execute(
-                    sa.text(f"SELECT pg_advisory_unlock({_KEY})"), {"k": self._key("x", lease.workflow_id)}
-                ).scalar()
+            if conn.connection.dbapi_connection.info.transaction_status != 0:  # not idle: a failed statement
+                conn.exec_driver_sql("ROLLBACK")
+            conn.commit()
+            unlocked = conn.execute(
+                sa.text(f"SELECT pg_advisory_unlock({_KEY})"), {"k": self._key("x", lease.workflow_id)}
+            ).scalar()
+            conn.commit()
             if not unlocked:
                 conn.invalidate()  # never hand a connection that may still hold a lock back to the pool
         except Exception:

@@ -41,10 +41,13 @@ _CLEARED_WAIT: dict[str, Any] = {
 class SQLLease(Lease):
     """An execution lock plus the connection every write of that execution goes through."""
 
-    def __init__(self, workflow_id: str, conn: sa.Connection, handle: Any = None) -> None:
+    def __init__(self, workflow_id: str, conn: sa.Connection, handle: Any = None, autocommit: bool = False) -> None:
         self.workflow_id = workflow_id
         self.conn = conn
         self.handle = handle  # backend-specific: a lock file descriptor for SQLite
+        # An autocommit connection runs a lone statement in one round trip; transactions
+        # that need several statements issue BEGIN/COMMIT themselves (see SQLStore._tx).
+        self.autocommit = autocommit
 
 
 class SQLStore(Store):
@@ -97,13 +100,40 @@ class SQLStore(Store):
     # -- helpers --------------------------------------------------------------------------------
     @contextmanager
     def _tx(self, lease: Lease | None = None) -> Iterator[sa.Connection]:
+        """A transaction: on the lease's connection when given, else on a pooled one."""
         if lease is None:
             with self.engine.begin() as conn:
                 yield conn
-        else:
-            assert isinstance(lease, SQLLease)
-            with lease.conn.begin():
-                yield lease.conn
+            return
+        assert isinstance(lease, SQLLease)
+        conn = lease.conn
+        if not lease.autocommit:
+            with conn.begin():
+                yield conn
+            return
+        conn.exec_driver_sql("BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")
+            conn.commit()
+            raise
+        conn.exec_driver_sql("COMMIT")
+        conn.commit()  # ends SQLAlchemy's bookkeeping only: the driver is idle, nothing is sent
+
+    @contextmanager
+    def _single(self, lease: Lease) -> Iterator[sa.Connection]:
+        """For work that is one write (atomic by itself) plus reads: no BEGIN/COMMIT round trips
+        on an autocommit lease. Safe because the lease holder is the only writer of its steps."""
+        assert isinstance(lease, SQLLease)
+        if not lease.autocommit:
+            with self._tx(lease) as conn:
+                yield conn
+            return
+        try:
+            yield lease.conn
+        finally:
+            lease.conn.commit()
 
     @staticmethod
     def _workflow(row: Any) -> WorkflowRecord:
@@ -253,7 +283,7 @@ class SQLStore(Store):
     # -- execution ------------------------------------------------------------------------------
     def begin(self, lease: Lease, ticket: int, now: float) -> Execution | None:
         w, s = self.t.workflows, self.t.steps
-        with self._tx(lease) as conn:
+        with self._single(lease) as conn:
             row = conn.execute(
                 w.update()
                 .where(w.c.workflow_id == lease.workflow_id, w.c.ticket == ticket, w.c.status.in_(_ACTIVE))
@@ -289,7 +319,7 @@ class SQLStore(Store):
 
     def record_step(self, lease: Lease, step: StepRecord) -> StepRecord:
         s = self.t.steps
-        with self._tx(lease) as conn:
+        with self._single(lease) as conn:
             if self._insert_step(conn, step):
                 return step
             existing = conn.execute(
@@ -365,7 +395,7 @@ class SQLStore(Store):
 
     def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
         w = self.t.workflows
-        with self._tx(lease) as conn:
+        with self._single(lease) as conn:
             conn.execute(
                 w.update()
                 .where(w.c.workflow_id == lease.workflow_id, w.c.status == WorkflowStatus.RUNNING.value)
