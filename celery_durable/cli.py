@@ -32,7 +32,9 @@ def _find_durable(spec: str) -> Durable:
             return found
     candidates = [v for v in vars(module).values() if isinstance(v, Durable)]
     if len(candidates) != 1:
-        raise SystemExit(f"celery-durable: found {len(candidates)} Durable objects in {module_name}; name one as module:attribute")
+        raise SystemExit(
+            f"celery-durable: found {len(candidates)} Durable objects in {module_name}; name one as module:attribute"
+        )
     return candidates[0]
 
 
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{wf.workflow_id:<40} {wf.status.value:<9} {wf.name:<40} {_when(wf.created_at)}")
         elif args.command == "steps":
             for step in store.list_steps(args.workflow_id):
-                result: Any = step.error and json.loads(step.error)["message"] or step.output
+                result: Any = json.loads(step.error)["message"] if step.error else step.output
                 print(f"{step.step_id:>4} {step.kind:<9} {step.name:<40} {_when(step.started_at)} -> {result}")
         elif args.command == "cancel":
             import time

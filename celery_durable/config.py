@@ -46,9 +46,13 @@ class DurableConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.sweep_interval is not None and (
-            isinstance(self.sweep_interval, bool) or not isinstance(self.sweep_interval, (int, float)) or self.sweep_interval <= 0
+            isinstance(self.sweep_interval, bool)
+            or not isinstance(self.sweep_interval, (int, float))
+            or self.sweep_interval <= 0
         ):
-            raise ConfigurationError(f"sweep_interval must be a positive number of seconds or None, got {self.sweep_interval!r}")
+            raise ConfigurationError(
+                f"sweep_interval must be a positive number of seconds or None, got {self.sweep_interval!r}"
+            )
         if isinstance(self.max_payload, bool) or not isinstance(self.max_payload, int) or self.max_payload <= 0:
             raise ConfigurationError(f"max_payload must be a positive number of bytes, got {self.max_payload!r}")
 

@@ -15,6 +15,7 @@ the operation runs and its result is written before it returns.
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import logging
 import math
@@ -113,7 +114,9 @@ def current_context() -> WorkflowContext | None:
 def require_context(operation: str) -> WorkflowContext:
     ctx = _CURRENT.get()
     if ctx is None:
-        raise NotInWorkflow(f"{operation} can only be called inside a workflow (a function decorated with @durable.workflow)")
+        raise NotInWorkflow(
+            f"{operation} can only be called inside a workflow (a function decorated with @durable.workflow)"
+        )
     if ctx.in_step:
         raise NotInWorkflow(f"{operation} cannot be called inside a step; call it from the workflow body")
     return ctx
@@ -199,7 +202,10 @@ class Engine:
         Invariant: the body runs only while this process holds the workflow's execution lock and
         *ticket* is current, so two deliveries never run one step body at the same time.
         """
-        lease = self.store.acquire(workflow_id)
+        try:
+            lease = self.store.acquire(workflow_id)
+        except Exception as exc:  # store unreachable: try again later, nothing happened
+            return Interrupted(exc)
         if lease is None:
             return Busy()
         try:
@@ -235,13 +241,17 @@ class Engine:
             if ctx.store_error is not None:
                 return Interrupted(ctx.store_error)
             if isinstance(exc, SerializationError):
-                exc = SerializationError(f"workflow {record.workflow_id!r} returned a value that cannot be stored: {exc}")
+                exc = SerializationError(
+                    f"workflow {record.workflow_id!r} returned a value that cannot be stored: {exc}"
+                )
             return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(exc), Failed(exc))
         finally:
             _CURRENT.reset(token)
         return self._finish(lease, WorkflowStatus.SUCCESS, output, None, Finished(value))
 
-    def _finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, outcome: Outcome) -> Outcome:
+    def _finish(
+        self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, outcome: Outcome
+    ) -> Outcome:
         try:
             self.store.finish(lease, status, output, error, self.clock())
         except Exception as exc:
@@ -291,11 +301,20 @@ class WorkflowContext:
         return self.engine.serializer.loads(step.output) if step.output is not None else None
 
     # -- operations ---------------------------------------------------------------------------------
-    def run_step(self, name: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], attempts: int, interval: float, backoff: float) -> T:
+    def run_step(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        attempts: int,
+        interval: float,
+        backoff: float,
+    ) -> T:
         step_id = self._take_id()
         recorded = self._replayed(step_id, name, "step")
         if recorded is not None:
-            return self._output(recorded)  # type: ignore[no-any-return]
+            return self._output(recorded)
         engine = self.engine
         started = engine.clock()
         self.in_step = True
@@ -309,8 +328,10 @@ class WorkflowContext:
                 except Exception as exc:
                     if attempt == attempts:
                         error = encode_error(exc)
-                        step = StepRecord(self.workflow_id, step_id, name, "step", None, error, None, started, engine.clock())
-                        self._store(lambda: engine.store.record_step(self.lease, step))
+                        failed = StepRecord(
+                            self.workflow_id, step_id, name, "step", None, error, None, started, engine.clock()
+                        )
+                        self._store(functools.partial(engine.store.record_step, self.lease, failed))
                         raise
                     log.info("step %s of %s failed (attempt %d/%d): %r", name, self.workflow_id, attempt, attempts, exc)
                     time.sleep(interval * backoff ** (attempt - 1))
@@ -323,9 +344,11 @@ class WorkflowContext:
         step = StepRecord(self.workflow_id, step_id, name, "step", output, None, None, started, engine.clock())
         stored = self._store(lambda: engine.store.record_step(self.lease, step))
         # Whoever wrote first wins: return the stored output, not ours, if they differ.
-        return value if stored is step else self._output(stored)  # type: ignore[no-any-return]
+        return value if stored is step else self._output(stored)
 
-    def _wait(self, name: str, kind: str, topics: tuple[str, ...], target: str | None, timeout: float | None) -> StepRecord | None:
+    def _wait(
+        self, name: str, kind: str, topics: tuple[str, ...], target: str | None, timeout: float | None
+    ) -> StepRecord | None:
         """Run a waiting operation; return its checkpoint, or None when it timed out."""
         step_id = self._take_id()
         recorded = self._replayed(step_id, name, kind)

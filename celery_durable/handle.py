@@ -57,7 +57,9 @@ class WorkflowHandle:
             if record.status.is_terminal:
                 return self._durable.decode_result(record)
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"workflow {self.workflow_id!r} did not finish within {timeout} s (it is {record.status})")
+                raise TimeoutError(
+                    f"workflow {self.workflow_id!r} did not finish within {timeout} s (it is {record.status})"
+                )
             pause = min(delay, poll_interval)
             if deadline is not None:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))

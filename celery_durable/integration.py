@@ -43,7 +43,7 @@ ENV_URL = "CELERY_DURABLE_DATABASE_URL"
 _NOT_GIVEN: Any = object()
 
 
-class WorkflowTask(Task):  # type: ignore[misc]
+class WorkflowTask(Task):
     """Base class of workflow tasks. ``delay``/``apply_async``/``start`` start a durable workflow."""
 
     abstract = True
@@ -55,7 +55,9 @@ class WorkflowTask(Task):  # type: ignore[misc]
         result = self.apply_async(args, kwargs, task_id=workflow_id)
         return self.durable.handle(result.id)
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any) -> AsyncResult:
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> AsyncResult:
         kwargs = dict(kwargs or {})
         if TICKET_KW in kwargs:  # a message of ours (wake-up, timer, retry): publish as is
             return super().apply_async((), kwargs, task_id=task_id, **options)
@@ -90,7 +92,9 @@ class Durable:
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
         self._task_base = type("WorkflowTask", (WorkflowTask,), {"durable": self, "abstract": True})
-        self.recover_task = app.task(name=f"celery_durable.{self.config.table_prefix}recover", shared=False)(self.recover)
+        self.recover_task = app.task(name=f"celery_durable.{self.config.table_prefix}recover", shared=False)(
+            self.recover
+        )
         worker_process_init.connect(self._after_fork, weak=False)
         worker_ready.connect(self._on_worker_ready, weak=False)
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
@@ -157,7 +161,15 @@ class Durable:
     @overload
     def step(self, fn: F) -> F: ...
     @overload
-    def step(self, fn: None = None, *, name: str | None = None, retries: int = 0, retry_interval: float = 1.0, backoff: float = 2.0) -> Callable[[F], F]: ...
+    def step(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_interval: float = 1.0,
+        backoff: float = 2.0,
+    ) -> Callable[[F], F]: ...
     def step(
         self,
         fn: F | None = None,
@@ -189,7 +201,9 @@ class Durable:
         return wrapper
 
     # -- starting and running -------------------------------------------------------------------------
-    def _start(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None, options: dict[str, Any]) -> AsyncResult:
+    def _start(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None, options: dict[str, Any]
+    ) -> AsyncResult:
         workflow_id = core.check_id(task_id) if task_id is not None else str(uuid.uuid4())
         try:
             inputs = self.serializer.dumps({"args": list(args), "kwargs": kwargs})
@@ -313,11 +327,18 @@ class Durable:
         ctx = core.current_context()
         if ctx is not None and not ctx.in_step:
             if idempotency_key is not None:
-                raise core.InvalidArgument("idempotency_key is for sends outside workflows; inside one, send is already exactly-once")
+                raise core.InvalidArgument(
+                    "idempotency_key is for sends outside workflows; inside one, send is already exactly-once"
+                )
             ctx.send(workflow_id, stored_topic, payload, create_mailbox)
             return
         result = self.store.send(
-            workflow_id, stored_topic, payload, time.time(), idempotency_key=idempotency_key, create_mailbox=create_mailbox
+            workflow_id,
+            stored_topic,
+            payload,
+            time.time(),
+            idempotency_key=idempotency_key,
+            create_mailbox=create_mailbox,
         )
         engine.publish_all(result.wakeups)
 
@@ -399,7 +420,9 @@ class Durable:
 
     def beat_schedule(self, every: float = 60.0) -> dict[str, dict[str, Any]]:
         """Entries for ``app.conf.beat_schedule``: ``app.conf.beat_schedule.update(durable.beat_schedule())``."""
-        return {f"celery-durable-{self.config.table_prefix}recover": {"task": self.recover_task.name, "schedule": every}}
+        return {
+            f"celery-durable-{self.config.table_prefix}recover": {"task": self.recover_task.name, "schedule": every}
+        }
 
     # -- worker signals ----------------------------------------------------------------------------------
     def _after_fork(self, **_: Any) -> None:

@@ -1,6 +1,6 @@
 """Run the checkout demo end to end: start a real ``celery worker``, start a workflow, pay, print.
 
-    python examples/run_demo.py
+python examples/run_demo.py
 """
 
 from __future__ import annotations
@@ -23,16 +23,33 @@ def main() -> int:
     os.environ["DEMO_DATA"] = str(DATA)
     sys.path.insert(0, str(HERE))
     DATA.mkdir(parents=True)
-    log = open(DATA / "worker.log", "wb")  # noqa: SIM115
+    log = open(DATA / "worker.log", "wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "checkout", "worker", "-c", "2", "-l", "info",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env=env, cwd=str(HERE), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "checkout",
+            "worker",
+            "-c",
+            "2",
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env=env,
+        cwd=str(HERE),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         from checkout import checkout, durable
 
-        print("1. worker started (pid %d); store: %s" % (worker.pid, durable.database_url))
+        print(f"1. worker started (pid {worker.pid}); store: {durable.database_url}")
         handle = checkout.start("o-42", ["book", "lamp"], 59.90, workflow_id="order-42")
         print("2. started workflow", handle.workflow_id)
         again = checkout.start("o-42", ["book", "lamp"], 59.90, workflow_id="order-42")

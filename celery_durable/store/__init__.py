@@ -35,7 +35,9 @@ __all__ = [
 def open_store(url: str, prefix: str = "durable_", engine_options: dict[str, Any] | None = None) -> Store:
     """Open the store at *url*: ``postgresql[+psycopg]://...`` or ``sqlite:///path``."""
     if not prefix.replace("_", "").isalnum() or not prefix[0].isalpha():
-        raise ConfigurationError(f"table prefix {prefix!r} must start with a letter and hold only letters, digits and _")
+        raise ConfigurationError(
+            f"table prefix {prefix!r} must start with a letter and hold only letters, digits and _"
+        )
     scheme = url.split(":", 1)[0]
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         from .postgres import PostgresStore

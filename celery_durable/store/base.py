@@ -22,6 +22,7 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 import abc
+
 from .records import (
     Dispatch,
     Execution,
@@ -179,10 +180,10 @@ class Store(abc.ABC):
     def waiting_count(self) -> int:
         """Return how many workflows are WAITING (for metrics and tests)."""
 
-    def after_fork(self) -> None:
+    def after_fork(self) -> None:  # noqa: B027 - a hook: backends without connections need nothing
         """Drop connections inherited from a parent process (call in each forked child)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook, like after_fork
         """Release every connection."""
 
 

@@ -67,7 +67,8 @@ class PostgresStore(SQLStore):
         assert isinstance(lease, SQLLease)
         conn = lease.conn
         try:
-            if conn.connection.dbapi_connection.info.transaction_status != 0:  # not idle: a failed statement
+            dbapi = conn.connection.dbapi_connection
+            if dbapi is not None and dbapi.info.transaction_status != 0:  # not idle: a failed statement
                 conn.exec_driver_sql("ROLLBACK")
             conn.commit()
             unlocked = conn.execute(

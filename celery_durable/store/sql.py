@@ -6,6 +6,7 @@ Backends override only engine set-up, the execution lock, the channel lock and t
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ class SQLLease(Lease):
         # An autocommit connection runs a lone statement in one round trip; transactions
         # that need several statements issue BEGIN/COMMIT themselves (see SQLStore._tx).
         self.autocommit = autocommit
+        self.finished = False  # set by finish(): the workflow will never run again
 
 
 class SQLStore(Store):
@@ -189,7 +191,9 @@ class SQLStore(Store):
             "ended_at": step.ended_at,
         }
 
-    def _select_workflow(self, conn: sa.Connection, workflow_id: str, for_update: bool = False) -> WorkflowRecord | None:
+    def _select_workflow(
+        self, conn: sa.Connection, workflow_id: str, for_update: bool = False
+    ) -> WorkflowRecord | None:
         w = self.t.workflows
         query = sa.select(w).where(w.c.workflow_id == workflow_id)
         if for_update:
@@ -305,9 +309,7 @@ class SQLStore(Store):
         """Insert *step* only while its workflow is RUNNING and the step id is free; return whether it did."""
         s, w = self.t.steps, self.t.workflows
         values = self._step_values(step)
-        running = sa.exists().where(
-            w.c.workflow_id == step.workflow_id, w.c.status == WorkflowStatus.RUNNING.value
-        )
+        running = sa.exists().where(w.c.workflow_id == step.workflow_id, w.c.status == WorkflowStatus.RUNNING.value)
         source = sa.select(*[sa.literal(values[c.name], type_=c.type).label(c.name) for c in s.c]).where(running)
         stmt = (
             self._insert(s)
@@ -349,7 +351,7 @@ class SQLStore(Store):
             else:
                 deadline = None if request.timeout is None else now + request.timeout
             step: StepRecord | None = None
-            base = {"workflow_id": wid, "step_id": request.step_id, "name": request.name, "kind": request.kind}
+            base = functools.partial(StepRecord, wid, request.step_id, request.name, request.kind)
             if request.kind == "recv":
                 found = conn.execute(
                     sa.select(m.c.seq, m.c.topic, m.c.payload)
@@ -359,15 +361,15 @@ class SQLStore(Store):
                 ).first()
                 if found is not None:
                     conn.execute(m.update().where(m.c.seq == found.seq).values(consumed_at=now))
-                    step = StepRecord(**base, output=found.payload, topic=found.topic, started_at=now, ended_at=now)
+                    step = base(output=found.payload, topic=found.topic, started_at=now, ended_at=now)
             elif request.kind == "event":
                 value = conn.execute(
                     sa.select(e.c.value).where(e.c.workflow_id == request.target, e.c.key == request.topics[0])
                 ).scalar()
                 if value is not None:
-                    step = StepRecord(**base, output=value, started_at=now, ended_at=now)
+                    step = base(output=value, started_at=now, ended_at=now)
             if step is None and deadline is not None and now >= deadline:
-                step = StepRecord(**base, output=None, started_at=now, ended_at=now)  # timed out
+                step = base(output=None, started_at=now, ended_at=now)  # timed out
             if step is not None:
                 if not self._insert_step(conn, step):
                     raise DurableError(f"step {request.step_id} of workflow {wid!r} was already recorded")
@@ -415,7 +417,7 @@ class SQLStore(Store):
         lease: Lease | None = None,
         checkpoint: StepRecord | None = None,
     ) -> SendResult:
-        m, w = self.t.messages, self.t.workflows
+        m = self.t.messages
         with self._tx(lease) as conn:
             self._lock_channel(conn, "m", destination)
             wf = self._select_workflow(conn, destination, for_update=True)
@@ -512,7 +514,9 @@ class SQLStore(Store):
             w.c.status == WorkflowStatus.RUNNING.value,
         )
         with self.engine.connect() as conn:
-            ids = list(conn.execute(sa.select(w.c.workflow_id).where(due).order_by(w.c.updated_at).limit(limit)).scalars())
+            ids = list(
+                conn.execute(sa.select(w.c.workflow_id).where(due).order_by(w.c.updated_at).limit(limit)).scalars()
+            )
         dispatches = []
         for workflow_id in ids:
             lease = self.acquire(workflow_id)

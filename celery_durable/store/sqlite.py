@@ -19,6 +19,7 @@ from sqlalchemy.dialects import sqlite
 
 from ..errors import ConfigurationError
 from .base import Lease
+from .records import WorkflowStatus
 from .sql import SQLLease, SQLStore
 
 
@@ -67,8 +68,21 @@ class SQLiteStore(SQLStore):
             raise
         return SQLLease(workflow_id, self.engine.connect(), fd)
 
+    def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
+        super().finish(lease, status, output, error, now)
+        assert isinstance(lease, SQLLease)
+        lease.finished = True
+
     def release(self, lease: Lease) -> None:
         assert isinstance(lease, SQLLease)
+        if lease.finished:
+            # A finished workflow never runs again, so its lock file can go. Unlinking while we
+            # hold the flock is safe: a process that opened the old file and locks it after us
+            # finds the workflow finished and does nothing.
+            try:
+                os.unlink(self._lock_path(lease.workflow_id))
+            except OSError:
+                pass
         try:
             if lease.conn.in_transaction():
                 lease.conn.rollback()
