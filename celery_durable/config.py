@@ -33,8 +33,9 @@ class DurableConfig:
     #: A queued message or timer overdue by this many seconds is taken as lost and published again.
     #: A duplicate this may create is harmless (its ticket is stale), only wasted work.
     recovery_grace: float = 120.0
-    #: Countdown before a delivery that found the workflow held by another live execution tries again.
-    busy_backoff: float = 1.0
+    #: Countdown before a delivery that found the workflow held by another live execution (or the
+    #: store unreachable) tries again; it doubles on each further try, up to 60 s.
+    busy_backoff: float = 0.02
     #: Largest serialized message or event payload, in bytes.
     max_payload: int = 256 * 1024
     #: Extra keyword arguments for ``sqlalchemy.create_engine``.

@@ -38,6 +38,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: The reserved keyword argument that carries a workflow message's ticket.
 TICKET_KW = "__durable_ticket__"
+#: The reserved keyword argument that counts how often a delivery found the workflow busy.
+BUSY_KW = "__durable_busy__"
 DEFAULT_URL = "sqlite:///celery_durable.sqlite3"
 ENV_URL = "CELERY_DURABLE_DATABASE_URL"
 _NOT_GIVEN: Any = object()
@@ -226,6 +228,7 @@ class Durable:
 
     def _run(self, task: Task, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ticket = kwargs.pop(TICKET_KW, None)
+        busy = kwargs.pop(BUSY_KW, 0)
         workflow_id = task.request.id
         if ticket is None:
             # A message sent without our apply_async (app.send_task by name, a canvas): start from it.
@@ -244,13 +247,17 @@ class Durable:
                 raise Ignore()  # far deadline: the sweep arms the timer when it comes within the horizon
             # The lock is already released, so a timer that fires at once finds the workflow free.
             raise task.retry(args=(), kwargs={TICKET_KW: outcome.dispatch.ticket}, countdown=outcome.dispatch.countdown)
-        if isinstance(outcome, core.Busy):
-            raise task.retry(args=(), kwargs={TICKET_KW: ticket}, countdown=self.config.busy_backoff)
-        if isinstance(outcome, core.Interrupted):
-            if isinstance(outcome.error, (Retry, Ignore, Reject, SoftTimeLimitExceeded)):
-                raise outcome.error
-            log.warning("workflow %s interrupted (%r); retrying", workflow_id, outcome.error)
-            raise task.retry(args=(), kwargs={TICKET_KW: ticket}, countdown=self.config.busy_backoff)
+        if isinstance(outcome, core.Interrupted) and isinstance(
+            outcome.error, (Retry, Ignore, Reject, SoftTimeLimitExceeded)
+        ):
+            raise outcome.error
+        if isinstance(outcome, (core.Busy, core.Interrupted)):
+            # Held by another live execution (most often: the one that just recorded a wait and is
+            # releasing its lock), or the store is unreachable: try again soon, then less often.
+            if isinstance(outcome, core.Interrupted):
+                log.warning("workflow %s interrupted (%r); retrying", workflow_id, outcome.error)
+            countdown = min(self.config.busy_backoff * 2**busy, self.config.horizon, 60.0)
+            raise task.retry(args=(), kwargs={TICKET_KW: ticket, BUSY_KW: busy + 1}, countdown=countdown)
         raise Ignore()  # Stale or Cancelled: nothing to do, nothing to schedule
 
     def _publish(self, dispatch: Dispatch) -> None:
