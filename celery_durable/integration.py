@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
 from celery import Celery, Task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
@@ -42,7 +42,9 @@ TICKET_KW = "__durable_ticket__"
 BUSY_KW = "__durable_busy__"
 DEFAULT_URL = "sqlite:///celery_durable.sqlite3"
 ENV_URL = "CELERY_DURABLE_DATABASE_URL"
-_NOT_GIVEN: Any = object()
+# Celery's control-flow signals: they pass through workflows and steps unrecorded. A soft time
+# limit is not one of them: it is recorded as the failure of the step it cut off.
+_CONTROL_FLOW = (Retry, Ignore, Reject)
 
 
 class WorkflowTask(Task):
@@ -121,7 +123,7 @@ class Durable:
                 self.serializer,
                 self.config,
                 self._publish,
-                passthrough=(Retry, Ignore, Reject, SoftTimeLimitExceeded),
+                passthrough=_CONTROL_FLOW,
             )
         return self._engine
 
@@ -247,9 +249,7 @@ class Durable:
                 raise Ignore()  # far deadline: the sweep arms the timer when it comes within the horizon
             # The lock is already released, so a timer that fires at once finds the workflow free.
             raise task.retry(args=(), kwargs={TICKET_KW: outcome.dispatch.ticket}, countdown=outcome.dispatch.countdown)
-        if isinstance(outcome, core.Interrupted) and isinstance(
-            outcome.error, (Retry, Ignore, Reject, SoftTimeLimitExceeded)
-        ):
+        if isinstance(outcome, core.Interrupted) and isinstance(outcome.error, _CONTROL_FLOW):
             raise outcome.error
         if isinstance(outcome, (core.Busy, core.Interrupted)):
             # Held by another live execution (most often: the one that just recorded a wait and is
