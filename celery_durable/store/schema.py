@@ -59,6 +59,9 @@ def build_tables(prefix: str) -> Tables:
     sa.Index(f"{prefix}workflows_created", workflows.c.created_at)
     sa.Index(f"{prefix}workflows_status", workflows.c.status, workflows.c.created_at)
     sa.Index(f"{prefix}workflows_wait_target", workflows.c.wait_target)
+    # The sweep looks for waits whose deadline comes within the horizon.
+    waiting = workflows.c.status == "WAITING"
+    sa.Index(f"{prefix}workflows_deadline", workflows.c.deadline, postgresql_where=waiting, sqlite_where=waiting)
     steps = sa.Table(
         f"{prefix}steps",
         md,
