@@ -75,6 +75,9 @@ class SQLiteStore(SQLStore):
 
     def release(self, lease: Lease) -> None:
         assert isinstance(lease, SQLLease)
+        fd, lease.handle = lease.handle, None
+        if fd is None:
+            return  # released already: its descriptor number may now hold another lease's lock
         if lease.finished:
             # A finished workflow never runs again, so its lock file can go. Unlinking while we
             # hold the flock is safe: a process that opened the old file and locks it after us
@@ -90,7 +93,7 @@ class SQLiteStore(SQLStore):
         except Exception:
             pass
         finally:
-            os.close(lease.handle)  # closing the only descriptor drops the flock
+            os.close(fd)  # closing the only descriptor drops the flock
 
 
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:
