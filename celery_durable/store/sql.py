@@ -511,12 +511,18 @@ class SQLStore(Store):
                 w.c.status == WorkflowStatus.PENDING.value,
                 sa.or_(w.c.dispatched_at.is_(None), w.c.dispatched_at < now - grace),
             ),
-            w.c.status == WorkflowStatus.RUNNING.value,
         )
+        running = w.c.status == WorkflowStatus.RUNNING.value
         with self.engine.connect() as conn:
             ids = list(
                 conn.execute(sa.select(w.c.workflow_id).where(due).order_by(w.c.updated_at).limit(limit)).scalars()
             )
+            # Whether a RUNNING workflow is alive only its lock can tell, so they are probed apart and
+            # in random order: live long-running executions can never fill the sweep for good and hide
+            # lost ones, nor starve the waits and messages above.
+            ids += conn.execute(
+                sa.select(w.c.workflow_id).where(running).order_by(sa.func.random()).limit(limit)
+            ).scalars()
         dispatches = []
         for workflow_id in ids:
             lease = self.acquire(workflow_id)
