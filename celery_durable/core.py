@@ -207,6 +207,14 @@ class Engine:
         except Exception as exc:  # store unreachable: try again later, nothing happened
             return Interrupted(exc)
         if lease is None:
+            # Held by someone else. A message whose ticket is no longer current (say a redelivered
+            # duplicate of a message the sweep already replaced) is dropped now instead of waiting.
+            try:
+                record = self.store.get_workflow(workflow_id)
+            except Exception as exc:
+                return Interrupted(exc)
+            if record is None or record.status.is_terminal or record.ticket != ticket:
+                return Stale()
             return Busy()
         try:
             return self._execute_locked(lease, ticket, name, fn)

@@ -73,11 +73,19 @@ def make_env(broker: str, database_url: str, tmp_path: Path, **extra: str) -> di
 
 def load_app(env: dict[str, str]) -> Any:
     """Import tests.apps.wfapp configured by *env* in this (producer) process; return the module."""
+    saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
-    import tests.apps.wfapp as wfapp
+    try:
+        import tests.apps.wfapp as wfapp
 
-    module = importlib.reload(wfapp)
-    return module
+        return importlib.reload(wfapp)
+    finally:
+        # The module read its settings at import: leave no test's settings behind for the next.
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])

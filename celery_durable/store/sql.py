@@ -61,6 +61,7 @@ class SQLStore(Store):
         self.engine = engine
         self.prefix = prefix
         self.t = build_tables(prefix)
+        self._hot_statements()
 
     # -- backend hooks -------------------------------------------------------------------------
     def _insert(self, table: sa.Table) -> Any:
@@ -285,39 +286,61 @@ class SQLStore(Store):
             return self._select_workflow(conn, workflow_id)
 
     # -- execution ------------------------------------------------------------------------------
-    def begin(self, lease: Lease, ticket: int, now: float) -> Execution | None:
+    def _hot_statements(self) -> None:
+        """Build the statements every execution runs once, so each call only binds values
+        (building Core constructs per call cost more CPU than the round trip itself)."""
         w, s = self.t.workflows, self.t.steps
-        with self._single(lease) as conn:
-            row = conn.execute(
-                w.update()
-                .where(w.c.workflow_id == lease.workflow_id, w.c.ticket == ticket, w.c.status.in_(_ACTIVE))
-                .values(
-                    status=WorkflowStatus.RUNNING.value,
-                    executions=w.c.executions + 1,
-                    timer_due=None,
-                    dispatched_at=None,
-                    updated_at=now,
-                )
-                .returning(*w.c)
-            ).first()
-            if row is None:
-                return None
-            steps = conn.execute(sa.select(s).where(s.c.workflow_id == lease.workflow_id))
-            return Execution(self._workflow(row), {r.step_id: self._step(r) for r in steps})
-
-    def _insert_step(self, conn: sa.Connection, step: StepRecord) -> bool:
-        """Insert *step* only while its workflow is RUNNING and the step id is free; return whether it did."""
-        s, w = self.t.steps, self.t.workflows
-        values = self._step_values(step)
-        running = sa.exists().where(w.c.workflow_id == step.workflow_id, w.c.status == WorkflowStatus.RUNNING.value)
-        source = sa.select(*[sa.literal(values[c.name], type_=c.type).label(c.name) for c in s.c]).where(running)
-        stmt = (
+        wid = sa.bindparam("p_wid", type_=w.c.workflow_id.type)
+        self._q_begin = (
+            w.update()
+            .where(w.c.workflow_id == wid, w.c.ticket == sa.bindparam("p_ticket"), w.c.status.in_(_ACTIVE))
+            .values(
+                status=WorkflowStatus.RUNNING.value,
+                executions=w.c.executions + 1,
+                timer_due=None,
+                dispatched_at=None,
+                updated_at=sa.bindparam("p_now", type_=w.c.updated_at.type),
+            )
+            .returning(*w.c)
+        )
+        self._q_steps = sa.select(s).where(s.c.workflow_id == wid)
+        running = sa.exists().where(w.c.workflow_id == wid, w.c.status == WorkflowStatus.RUNNING.value)
+        source = sa.select(*[sa.bindparam(f"p_{c.name}", type_=c.type).label(c.name) for c in s.c]).where(running)
+        self._q_insert_step = (
             self._insert(s)
             .from_select([c.name for c in s.c], source)
             .on_conflict_do_nothing(index_elements=[s.c.workflow_id, s.c.step_id])
             .returning(s.c.step_id)  # rowcount is -1 for INSERT ... SELECT with psycopg
         )
-        return conn.execute(stmt).first() is not None
+        self._q_finish = (
+            w.update()
+            .where(w.c.workflow_id == wid, w.c.status == WorkflowStatus.RUNNING.value)
+            .values(
+                status=sa.bindparam("p_status", type_=w.c.status.type),
+                output=sa.bindparam("p_output", type_=w.c.output.type),
+                error=sa.bindparam("p_error", type_=w.c.error.type),
+                updated_at=sa.bindparam("p_now", type_=w.c.updated_at.type),
+                **_CLEARED_WAIT,
+            )
+        )
+
+    def begin(self, lease: Lease, ticket: int, now: float) -> Execution | None:
+        with self._single(lease) as conn:
+            row = conn.execute(self._q_begin, {"p_wid": lease.workflow_id, "p_ticket": ticket, "p_now": now}).first()
+            if row is None:
+                return None
+            record = self._workflow(row)
+            if record.executions == 1:
+                # Only an execution writes checkpoints, and this is the first one: nothing to read.
+                return Execution(record, {})
+            steps = conn.execute(self._q_steps, {"p_wid": lease.workflow_id})
+            return Execution(record, {r.step_id: self._step(r) for r in steps})
+
+    def _insert_step(self, conn: sa.Connection, step: StepRecord) -> bool:
+        """Insert *step* only while its workflow is RUNNING and the step id is free; return whether it did."""
+        params = {f"p_{name}": value for name, value in self._step_values(step).items()}
+        params["p_wid"] = step.workflow_id
+        return conn.execute(self._q_insert_step, params).first() is not None
 
     def record_step(self, lease: Lease, step: StepRecord) -> StepRecord:
         s = self.t.steps
@@ -396,13 +419,9 @@ class SQLStore(Store):
             return Suspended(Dispatch(wid, wf.name, wf.queue, ticket, max(0.0, deadline - now)))
 
     def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
-        w = self.t.workflows
+        params = {"p_wid": lease.workflow_id, "p_status": status.value, "p_output": output, "p_error": error, "p_now": now}
         with self._single(lease) as conn:
-            conn.execute(
-                w.update()
-                .where(w.c.workflow_id == lease.workflow_id, w.c.status == WorkflowStatus.RUNNING.value)
-                .values(status=status.value, output=output, error=error, updated_at=now, **_CLEARED_WAIT)
-            )
+            conn.execute(self._q_finish, params)
 
     # -- messages and events ----------------------------------------------------------------------
     def send(

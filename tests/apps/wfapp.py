@@ -162,3 +162,33 @@ def steps_then_recv(x: int, timeout: float) -> dict[str, Any]:
 
 
 # --- End of section: tests/e2e/test_workflows.py and tests/e2e/test_faults.py -------------------
+
+
+# ---- messaging e2e tests (tests/e2e/test_messaging.py) ---------------------------------------
+@durable.step()
+def hold_until(name: str, flag_file: str, limit: float) -> str:
+    """Marks its start, then waits (up to *limit* s) for *flag_file* to exist, then marks its end."""
+    mark(f"{name}.start")
+    deadline = time.monotonic() + limit
+    while not os.path.exists(flag_file) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mark(f"{name}.end")
+    return name
+
+
+@durable.workflow()
+def sender_held(destination: str, messages: list[Any], topic: str | None, flag_file: str) -> int:
+    """Like `sender`, but its step after the sends holds until *flag_file* exists (a test kills the worker there)."""
+    for message in messages:
+        durable.send(destination, message, topic=topic)
+    hold_until("held", flag_file, 120.0)
+    return len(messages)
+
+
+@durable.workflow()
+def recv_plain(topic: str | None, timeout: float) -> dict[str, Any]:
+    """recv without a default: a timeout and a message whose value is None both return None."""
+    return {"value": durable.recv(topic, timeout=timeout)}
+
+
+# --- End of section: tests/e2e/test_messaging.py ------------------------------------------------
