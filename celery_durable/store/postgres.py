@@ -27,6 +27,7 @@ class PostgresStore(SQLStore):
     """Store on PostgreSQL through psycopg 3."""
 
     dialect_name = "postgresql"
+    autocommit_reads = True
 
     def __init__(self, url: str, prefix: str = "durable_", engine_options: dict[str, Any] | None = None) -> None:
         options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}

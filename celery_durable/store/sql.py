@@ -56,6 +56,8 @@ class SQLStore(Store):
     """Every query of the store; subclasses provide the engine and the locks."""
 
     dialect_name = ""
+    #: Whether lone statements outside executions may run on autocommit connections.
+    autocommit_reads = False
 
     def __init__(self, engine: sa.Engine, prefix: str = "durable_") -> None:
         self.engine = engine
@@ -123,6 +125,18 @@ class SQLStore(Store):
             raise
         conn.exec_driver_sql("COMMIT")
         conn.commit()  # ends SQLAlchemy's bookkeeping only: the driver is idle, nothing is sent
+
+    @contextmanager
+    def _connect(self) -> Iterator[sa.Connection]:
+        """A pooled connection for one atomic statement plus reads (autocommit where the backend has it)."""
+        conn = self.engine.connect()
+        if self.autocommit_reads:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            yield conn
+            conn.commit()
+        finally:
+            conn.close()
 
     @contextmanager
     def _single(self, lease: Lease) -> Iterator[sa.Connection]:
@@ -226,26 +240,11 @@ class SQLStore(Store):
     def create_workflow(
         self, workflow_id: str, name: str, inputs: str, queue: str | None, now: float
     ) -> tuple[WorkflowRecord, bool]:
-        w = self.t.workflows
-        stmt = (
-            self._insert(w)
-            .values(
-                workflow_id=workflow_id,
-                name=name,
-                status=WorkflowStatus.PENDING.value,
-                inputs=inputs,
-                queue=queue,
-                ticket=0,
-                executions=0,
-                created_at=now,
-                updated_at=now,
-                dispatched_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=[w.c.workflow_id])
-            .returning(*w.c)
-        )
-        with self._tx() as conn:
-            row = conn.execute(stmt).first()
+        params = {"p_wid": workflow_id, "p_name": name, "p_inputs": inputs, "p_queue": queue, "p_now": now}
+        # One atomic statement: no transaction needed. A conflict means the row exists for good
+        # (workflows are never deleted), so reading it afterwards is safe.
+        with self._connect() as conn:
+            row = conn.execute(self._q_create, params).first()
             if row is not None:
                 return self._workflow(row), True
             existing = self._select_workflow(conn, workflow_id)
@@ -253,7 +252,7 @@ class SQLStore(Store):
         return existing, False
 
     def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return self._select_workflow(conn, workflow_id)
 
     def list_workflows(
@@ -287,10 +286,28 @@ class SQLStore(Store):
 
     # -- execution ------------------------------------------------------------------------------
     def _hot_statements(self) -> None:
-        """Build the statements every execution runs once, so each call only binds values
+        """Build the statements every workflow runs once, so each call only binds values
         (building Core constructs per call cost more CPU than the round trip itself)."""
         w, s = self.t.workflows, self.t.steps
         wid = sa.bindparam("p_wid", type_=w.c.workflow_id.type)
+        now = sa.bindparam("p_now", type_=w.c.created_at.type)
+        self._q_create = (
+            self._insert(w)
+            .values(
+                workflow_id=wid,
+                name=sa.bindparam("p_name", type_=w.c.name.type),
+                status=WorkflowStatus.PENDING.value,
+                inputs=sa.bindparam("p_inputs", type_=w.c.inputs.type),
+                queue=sa.bindparam("p_queue", type_=w.c.queue.type),
+                ticket=0,
+                executions=0,
+                created_at=now,
+                updated_at=now,
+                dispatched_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[w.c.workflow_id])
+            .returning(*w.c)
+        )
         self._q_begin = (
             w.update()
             .where(w.c.workflow_id == wid, w.c.ticket == sa.bindparam("p_ticket"), w.c.status.in_(_ACTIVE))
