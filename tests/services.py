@@ -50,7 +50,7 @@ class Worker:
 
     def start(self, timeout: float = 30) -> Worker:
         name = f"w{uuid.uuid4().hex[:8]}@%h"
-        self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_file = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "tests.apps.wfapp", "worker",

@@ -1,0 +1,269 @@
+"""Messaging: send -> recv latency, and many workflows waiting in recv at once.
+
+    .venv/bin/python -m benchmarks.bench_messaging [--round-trips 500] [--waiting 10000]
+
+Redis broker (database 15 by default), a fresh PostgreSQL database as the store, one
+``celery worker -P prefork -c 2``.
+
+(a) Latency. ``pinger`` workflows loop ``recv("ping")`` then a step ``stamp()`` that returns
+    ``time.time()``. For each round trip this process waits until the workflow is WAITING in that
+    recv, takes ``t0 = time.time()``, calls ``durable.send(...)``, then reads the stamp from the
+    steps table. Latency = stamp - t0: from just before ``send()`` to just after ``recv`` returned
+    inside the worker (same machine, same clock). It covers the send transaction, the wake-up
+    publish, the broker delivery, the execution's lock + replay of the history so far, and the
+    recv transaction. Every round trip is a wake-up through the broker.
+
+(b) Many waiters. ``--waiting`` workflows each call ``recv("go", timeout=...)`` with a timeout
+    beyond the durable ``horizon``, so the deadline stays in the store and no countdown message is
+    published: nothing is held in the worker. Once all are WAITING (store count) it reports worker
+    slots in use (``inspect().active()``), messages the worker holds (``reserved``/``scheduled``,
+    Redis ``unacked``), RSS and OS threads of the worker's processes against a baseline, then sends
+    one message to each and times until all are SUCCESS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from benchmarks import _common as common
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--round-trips", type=int, default=500, help="send -> recv round trips (default 500; 0 skips)")
+    parser.add_argument("--per-workflow", type=int, default=50, help="round trips per pinger workflow (default 50)")
+    parser.add_argument("--ping-timeout", type=float, default=60.0, help="recv timeout of the pingers, s (default 60)")
+    parser.add_argument("--waiting", type=int, default=10000, help="workflows waiting at once (default 10000; 0 skips)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="recv timeout of the waiters, s (default 1800)")
+    parser.add_argument("--horizon", type=float, default=300.0, help="durable horizon, s (default 300)")
+    parser.add_argument("--threads", type=int, default=2, help="producer threads starting/sending in (b) (default 2)")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker prefork processes (default 2)")
+    parser.add_argument("--redis", default=common.DEFAULT_REDIS, help=f"broker (default {common.DEFAULT_REDIS})")
+    args = parser.parse_args(argv)
+    if args.waiting and args.timeout <= args.horizon:
+        parser.error("--timeout must be beyond --horizon, so the waits hold no countdown message")
+
+    tag = common.new_tag("msg")
+    database = common.create_database(tag)
+    print(
+        f"celery_durable messaging benchmark: worker celery -P prefork -c {args.concurrency}; broker {args.redis}; "
+        f"store PostgreSQL database {database}; horizon {args.horizon:g} s",
+        flush=True,
+    )
+    try:
+        # Each part has its own queue, table prefix and worker: the stale timers (a) leaves behind
+        # (see below) must not be counted in (b).
+        if args.round_trips:
+            run_part(args, f"{tag}a", database, latency)
+        if args.waiting:
+            run_part(args, f"{tag}b", database, many_waiting)
+    finally:
+        common.drop_database(database)
+    return 0
+
+
+def run_part(args: argparse.Namespace, tag: str, database: str, part: Any) -> None:
+    # recovery_grace 600: a slow start of 10,000 workflows must not make the sweep re-publish PENDING ones.
+    env = common.bench_env(
+        tag, database, args.redis, BENCH_HORIZON=str(args.horizon), BENCH_SWEEP="30", BENCH_GRACE="600"
+    )
+    env["BENCH_PREFIX"] = f"bench_{tag[-1]}_"
+    bench = common.load_app(env)
+    r = redis.Redis.from_url(args.redis)
+    worker: common.Worker | None = None
+    poll_engine: sa.Engine | None = None
+    try:
+        bench.durable.migrate()
+        poll_engine = sa.create_engine(env["BENCH_DATABASE_URL"])
+        worker = common.Worker(env, concurrency=args.concurrency).start()
+        part(args, Ctx(tag, bench, worker, poll_engine, r))
+    except Exception:
+        if worker is not None:
+            print(f"worker log tail:\n{worker.output()[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        if worker is not None:
+            worker.stop()
+            worker.remove_log()
+        if poll_engine is not None:
+            poll_engine.dispose()
+        if bench.durable._store is not None:
+            bench.durable.store.close()
+        oid = bench.app.control.mailbox.oid
+        r.close()
+        common.redis_cleanup(args.redis, tag, extra_keys=(f"{oid}.reply.celery.pidbox",))
+
+
+class Ctx:
+    def __init__(self, tag: str, bench: Any, worker: common.Worker, poll_engine: sa.Engine, r: redis.Redis) -> None:
+        self.tag, self.bench, self.worker, self.poll_engine, self.r = tag, bench, worker, poll_engine, r
+        self.durable = bench.durable
+        self.w, self.s = bench.durable.store.t.workflows, bench.durable.store.t.steps
+
+    def store_counts(self) -> dict[str, int]:
+        with self.poll_engine.connect() as conn:
+            rows = conn.execute(sa.select(self.w.c.status, sa.func.count()).group_by(self.w.c.status))
+            return {status: count for status, count in rows}
+
+    def held(self) -> dict[str, Any]:
+        """What the worker holds: tasks running, prefetched, held for a countdown; Redis queue and unacked."""
+        inspect = self.bench.app.control.inspect(destination=[self.worker.hostname], timeout=3.0)
+
+        def count(reply: dict[str, list[Any]] | None) -> int | str:
+            return "no reply" if not reply else sum(len(v) for v in reply.values())
+
+        return {
+            "active": count(inspect.active()),
+            "reserved": count(inspect.reserved()),
+            "scheduled": count(inspect.scheduled()),
+            "queue": self.r.llen(f"{self.tag}-q"),
+            "unacked": self.r.hlen("unacked"),
+        }
+
+
+def latency(args: argparse.Namespace, ctx: Ctx) -> None:
+    """(a) send -> recv-returns latency."""
+    w, s = ctx.w, ctx.s
+    latencies: list[float] = []
+    send_calls: list[float] = []
+    position: list[int] = []
+    per = max(1, args.per_workflow)
+    with ctx.poll_engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        for k in range(math.ceil(args.round_trips / per)):
+            count = min(per, args.round_trips - k * per)
+            wid = f"{ctx.tag}-ping-{k}"
+            ctx.bench.pinger.start(count, args.ping_timeout, workflow_id=wid)
+            state = sa.select(w.c.status, w.c.wait_step).where(w.c.workflow_id == wid)
+            for i in range(count):
+
+                def waiting_here(i: int = i, wid: str = wid, state: Any = state) -> bool:
+                    row = conn.execute(state).one()
+                    if row.status in ("ERROR", "CANCELLED"):
+                        raise RuntimeError(f"{wid} ended in {row.status}; see {ctx.worker.log}")
+                    return row.status == "WAITING" and row.wait_step == 2 * i
+
+                common.wait_until(waiting_here, 60, 0.002, f"{wid} to wait in recv #{i}")
+                t0 = time.time()
+                ctx.durable.send(wid, i, topic="ping")
+                send_calls.append(time.time() - t0)
+                stamp_q = sa.select(s.c.output).where(s.c.workflow_id == wid, s.c.step_id == 2 * i + 1)
+                stamp = common.wait_until(lambda q=stamp_q: conn.execute(q).scalar(), 60, 0.002, "the stamp")
+                latencies.append(float(stamp) - t0)
+                position.append(i)
+    time.sleep(0.5)
+    held = ctx.held()
+    print(
+        f"\n(a) send -> recv-returns latency, {len(latencies)} round trips, {per} per workflow, "
+        f"recv timeout {args.ping_timeout:g} s"
+    )
+    print(f"    latency     {common.describe_ms(latencies)}")
+    print(f"    send() call {common.describe_ms(send_calls)}")
+    first = [x for x, i in zip(latencies, position) if i < per / 5]
+    last = [x for x, i in zip(latencies, position) if i >= per - per / 5]
+    if first and last and per >= 5:
+        print(
+            f"    p50 over the first fifth of each workflow's recvs {common.percentile(first, 50) * 1000:.2f} ms, "
+            f"over the last fifth {common.percentile(last, 50) * 1000:.2f} ms (each wake-up replays the history)"
+        )
+    print(
+        f"    afterwards the worker holds {held['scheduled']} countdown (ETA) message(s), Redis unacked {held['unacked']}: "
+        "the timers of waits that a message ended first (stale, each a no-op when due)"
+    )
+
+
+def many_waiting(args: argparse.Namespace, ctx: Ctx) -> None:
+    """(b) many workflows waiting in recv at once."""
+    bench, durable, worker, w = ctx.bench, ctx.durable, ctx.worker, ctx.w
+    start_stats = common.worker_stats(worker)
+
+    def run_parallel(fn: Any, items: list[str]) -> float:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=max(1, args.threads)) as pool:
+            for _ in pool.map(fn, items, chunksize=64):
+                pass
+        return time.perf_counter() - t0
+
+    def check_errors(c: dict[str, int]) -> None:
+        if c.get("ERROR"):
+            raise RuntimeError(f"{c['ERROR']} workflow(s) ended in ERROR; see {worker.log}")
+
+    # warm up: a few waiters through the whole cycle, so the baseline has every import and connection
+    warm = [f"{ctx.tag}-warm-{i}" for i in range(20)]
+    for wid in warm:
+        bench.waiter.start(args.timeout, workflow_id=wid)
+    common.wait_until(lambda: ctx.store_counts().get("WAITING", 0) >= len(warm), 60, 0.05, "warm-up waiters")
+    for wid in warm:
+        durable.send(wid, "go", topic="go")
+    common.wait_until(lambda: ctx.store_counts().get("SUCCESS", 0) >= len(warm), 60, 0.05, "warm-up")
+    time.sleep(1.0)
+    base = common.worker_stats(worker)
+
+    n = args.waiting
+    ids = [f"{ctx.tag}-w-{i}" for i in range(n)]
+    print(
+        f"\n(b) {n} workflows waiting in recv('go', timeout={args.timeout:g}) -- beyond the horizon "
+        f"({args.horizon:g} s): deadlines kept in the store, no countdown messages"
+    )
+    t_start = run_parallel(lambda wid: bench.waiter.start(args.timeout, workflow_id=wid), ids)
+    print(f"    started {n} in {t_start:.1f} s ({n / t_start:.0f}/s, {args.threads} producer thread(s))", flush=True)
+    t0 = time.perf_counter()
+
+    def all_waiting() -> bool:
+        c = ctx.store_counts()
+        check_errors(c)
+        return c.get("WAITING", 0) >= n
+
+    common.wait_until(all_waiting, max(300.0, n / 10), 0.2, f"{n} workflows to be WAITING")
+    print(f"    all WAITING {t_start + time.perf_counter() - t0:.1f} s after the first start", flush=True)
+    time.sleep(2.0)
+    during = common.worker_stats(worker)
+    held = ctx.held()
+    print(
+        f"    while all wait: worker slots in use (inspect active) {held['active']}, reserved {held['reserved']}, "
+        f"scheduled (countdown) {held['scheduled']}; Redis queue {held['queue']}, unacked {held['unacked']}"
+    )
+    print(
+        f"    worker RSS (main + {len(during['per_process']) - 1} children): at start {start_stats['rss_mb']:.1f} MB, "
+        f"after warm-up {base['rss_mb']:.1f} MB, while {n} wait {during['rss_mb']:.1f} MB "
+        f"(growth {during['rss_mb'] - base['rss_mb']:+.1f} MB); PSS {base['pss_mb']:.1f} -> {during['pss_mb']:.1f} MB"
+    )
+    print(
+        f"    worker OS threads: after warm-up {base['threads']}, while waiting {during['threads']} "
+        f"(pid: (MB, threads) {during['per_process']})"
+    )
+
+    t0 = time.perf_counter()
+    t_send = run_parallel(lambda wid: durable.send(wid, "go", topic="go"), ids)
+
+    def all_done() -> bool:
+        c = ctx.store_counts()
+        check_errors(c)
+        return c.get("SUCCESS", 0) >= len(warm) + n
+
+    common.wait_until(all_done, max(300.0, n / 10), 0.05, f"{n} workflows to finish")
+    t_done = time.perf_counter() - t0
+    after = common.worker_stats(worker)
+    with ctx.poll_engine.connect() as conn:
+        executions = conn.execute(
+            sa.select(sa.func.sum(w.c.executions)).where(w.c.workflow_id.like(f"{ctx.tag}-w-%"))
+        ).scalar()
+    print(
+        f"    sent one message to each: {n} sends in {t_send:.1f} s = {n / t_send:.0f} sends/s ({args.threads} thread(s))"
+    )
+    print(f"    all {n} finished {t_done:.1f} s after the first send = {n / t_done:.0f} completions/s")
+    print(
+        f"    executions per workflow {executions / n:.2f} (2 = start + wake-up); worker RSS after: {after['rss_mb']:.1f} MB"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Throughput of a 3-step durable workflow against a plain Celery task and a chain, side by side.
+
+    .venv/bin/python -m benchmarks.bench_workflows [-n 2000] [--rounds 1]
+
+One ``celery worker -P prefork -c 2`` on a Redis broker (database 15 by default) runs, one kind
+after the other in the same run and the same worker:
+
+  (a) a plain Celery task making 3 trivial function calls,
+  (b) a Celery chain of 3 tasks (one trivial call each),
+  (c) a durable workflow making 3 trivial ``@durable.step`` calls (store: a fresh PostgreSQL database).
+
+For each kind, N of them are enqueued by this process and the clock runs from the first enqueue to
+the last completion: for (a) and (b) the last task increments a Redis counter; (c) does the same
+increment (equal work) but is timed by the workflow status in the store (all N rows SUCCESS).
+The SQL the store sends for (c) is counted inside the worker's pool processes (SQLAlchemy events,
+flushed to Redis) and in this producer, and reported per workflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from celery import chain
+
+from benchmarks import _common as common
+
+KINDS = {
+    "plain": "(a) plain task, 3 calls",
+    "chain": "(b) chain of 3 tasks",
+    "durable": "(c) durable, 3 steps",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "-n", "--workflows", type=int, default=2000, help="workflows of each kind per round (default 2000)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of (a), (b), (c) (default 1)")
+    parser.add_argument("--warmup", type=int, default=50, help="of each kind before measuring (default 50)")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker prefork processes (default 2)")
+    parser.add_argument("--prefetch", type=int, default=4, help="worker_prefetch_multiplier (default 4, Celery's)")
+    parser.add_argument(
+        "--redis", default=common.DEFAULT_REDIS, help=f"broker and counters (default {common.DEFAULT_REDIS})"
+    )
+    parser.add_argument("--no-count-sql", action="store_true", help="do not install the SQL counters in the worker")
+    args = parser.parse_args(argv)
+
+    tag = common.new_tag("wf")
+    database = common.create_database(tag)
+    env = common.bench_env(
+        tag,
+        database,
+        args.redis,
+        BENCH_PREFETCH=str(args.prefetch),
+        BENCH_COUNT_SQL="0" if args.no_count_sql else "1",
+        BENCH_SWEEP="30",
+    )
+    bench = common.load_app(env)
+    r = redis.Redis.from_url(args.redis)
+    worker: common.Worker | None = None
+    poll_engine: sa.Engine | None = None
+    try:
+        bench.durable.migrate()
+        producer_sql = bench.SQLCounter().attach(bench.durable.store.engine)
+        poll_engine = sa.create_engine(env["BENCH_DATABASE_URL"])
+        workflows = bench.durable.store.t.workflows
+
+        def store_counts() -> dict[str, int]:
+            with poll_engine.connect() as conn:  # type: ignore[union-attr]
+                rows = conn.execute(sa.select(workflows.c.status, sa.func.count()).group_by(workflows.c.status))
+                return {status: count for status, count in rows}
+
+        def worker_sql() -> dict[str, int]:
+            raw = r.hgetall(bench.SQL_KEY)
+            return {f: int(raw.get(f.encode(), 0)) for f in bench.SQLCounter.FIELDS}
+
+        def enqueue(kind: str, i: int, key: str) -> None:
+            if kind == "plain":
+                bench.plain3.delay(i, key)
+            elif kind == "chain":
+                chain(bench.link.s(i), bench.link.s(), bench.link_last.s(key)).apply_async()
+            else:
+                bench.wf3.delay(i, key)
+
+        def run(kind: str, n: int, label: str) -> dict[str, Any]:
+            key = f"bench:{tag}:done:{kind}:{label}"
+            before = store_counts().get("SUCCESS", 0)
+            sql0, prod0 = worker_sql(), producer_sql.snapshot()
+            t0 = time.perf_counter()
+            for i in range(n):
+                enqueue(kind, i, key)
+            enqueued = time.perf_counter() - t0
+            prod1 = producer_sql.snapshot()
+
+            def done() -> bool:
+                if kind != "durable":
+                    return int(r.get(key) or 0) >= n
+                counts = store_counts()
+                if counts.get("ERROR"):
+                    raise RuntimeError(f"{counts['ERROR']} workflow(s) ended in ERROR; see {worker.log}")  # type: ignore[union-attr]
+                return counts.get("SUCCESS", 0) >= before + n
+
+            common.wait_until(done, timeout=max(180.0, n / 5), interval=0.01, what=f"{n} {kind} to finish")
+            total = time.perf_counter() - t0
+            result: dict[str, Any] = {"kind": kind, "n": n, "total": total, "enqueue": enqueued, "rate": n / total}
+            if kind == "durable" and not args.no_count_sql:
+                time.sleep(0.6)  # the pool processes flush their counters every 0.2 s
+                sql1 = worker_sql()
+                result["worker_sql"] = {f: (sql1[f] - sql0[f]) / n for f in sql0}
+                result["producer_sql"] = {f: (prod1[f] - prod0[f]) / n for f in prod0}
+            return result
+
+        worker = common.Worker(env, concurrency=args.concurrency).start()
+        print(
+            f"celery_durable workflows benchmark: N={args.workflows} per kind, {args.rounds} round(s), warm-up {args.warmup}\n"
+            f"worker: celery worker -P prefork -c {args.concurrency}, prefetch multiplier {args.prefetch}, log level warning; "
+            f"broker {args.redis}; store PostgreSQL database {database}",
+            flush=True,
+        )
+        for kind in KINDS:
+            run(kind, args.warmup, "warmup")
+
+        results: list[dict[str, Any]] = []
+        for rnd in range(args.rounds):
+            for kind in KINDS:
+                res = run(kind, args.workflows, f"r{rnd}")
+                res["round"] = rnd
+                results.append(res)
+                print(
+                    f"  round {rnd + 1} {KINDS[kind]:<26} {res['total']:7.2f} s  ({res['rate']:7.1f}/s; "
+                    f"enqueue took {res['enqueue']:.2f} s)",
+                    flush=True,
+                )
+
+        print(f"\nResults (N={args.workflows}; time = first enqueue to last completion; median over rounds)")
+        print(f"  {'kind':<28}{'time s':>9}{'per s':>9}{'enqueue s':>11}")
+        med: dict[str, float] = {}
+        for kind, title in KINDS.items():
+            rs = sorted((x for x in results if x["kind"] == kind), key=lambda x: x["total"])
+            mid = rs[len(rs) // 2]
+            med[kind] = mid["total"]
+            print(f"  {title:<28}{mid['total']:9.2f}{args.workflows / mid['total']:9.1f}{mid['enqueue']:11.2f}")
+        print(
+            f"  ratio time (c)/(a): {med['durable'] / med['plain']:.2f}   (c)/(b): {med['durable'] / med['chain']:.2f}"
+        )
+
+        with poll_engine.connect() as conn:
+            executions = conn.execute(sa.select(sa.func.sum(workflows.c.executions), sa.func.count())).one()
+        print(
+            f"  durable executions per workflow: {executions[0] / executions[1]:.3f} (1.000 = no redelivery, no retry)"
+        )
+
+        durable_runs = [x for x in results if x["kind"] == "durable" and "worker_sql" in x]
+        if durable_runs:
+            w = {f: sum(x["worker_sql"][f] for x in durable_runs) / len(durable_runs) for f in bench.SQLCounter.FIELDS}
+            p = {
+                f: sum(x["producer_sql"][f] for x in durable_runs) / len(durable_runs) for f in bench.SQLCounter.FIELDS
+            }
+            t = {f: w[f] + p[f] for f in w}
+            print("\nSQL per durable workflow (SQLAlchemy events; producer = start(), worker = the execution)")
+            print(
+                f"  {'':<10}{'statements':>11}{'(autocommit)':>14}{'transactions':>14}{'commits':>9}{'rollbacks':>11}{'checkouts':>11}"
+            )
+            for title, c in (("producer", p), ("worker", w), ("total", t)):
+                print(
+                    f"  {title:<10}{c['statements']:11.2f}{c['autocommit']:14.2f}{c['begins']:14.2f}{c['commits']:9.2f}"
+                    f"{c['rollbacks']:11.2f}{c['checkouts']:11.2f}"
+                )
+            trips = t["statements"] + t["begins"] + t["commits"] + t["rollbacks"] + t["checkouts"]
+            print(
+                f"  database round trips per workflow ~ {trips:.1f} = statements + BEGIN and COMMIT/ROLLBACK of each\n"
+                "  transaction (psycopg sends each on its own; autocommit statements need neither) + one pre-ping\n"
+                "  per pool checkout (pool_pre_ping=True)"
+            )
+        print("\n(The worker's sweep thread is not counted: it runs in the main process, every 30 s.)")
+        return 0
+    except Exception:
+        if worker is not None:
+            print(f"worker log tail:\n{worker.output()[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        if worker is not None:
+            worker.stop()
+            worker.remove_log()
+        if poll_engine is not None:
+            poll_engine.dispose()
+        if bench.durable._store is not None:
+            bench.durable.store.close()
+        oid = bench.app.control.mailbox.oid
+        bench.app.pool.force_close_all()
+        r.close()
+        common.redis_cleanup(args.redis, tag, extra_keys=(f"{oid}.reply.celery.pidbox",))
+        common.drop_database(database)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

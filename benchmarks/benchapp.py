@@ -1,0 +1,205 @@
+"""The Celery app the benchmarks run in a real ``celery worker``, configured by the environment.
+
+BENCH_TAG        unique tag of a run: the queue is named after it, Redis keys start with ``bench:<tag>:``
+BENCH_REDIS      Redis URL used as broker and for counters (default redis://127.0.0.1:6379/15)
+BENCH_DATABASE_URL, BENCH_PREFIX   the durable store (PostgreSQL) and its table prefix
+BENCH_HORIZON, BENCH_SWEEP, BENCH_GRACE   DurableConfig horizon, sweep_interval ("none" = only at start), recovery_grace
+BENCH_PREFETCH   worker_prefetch_multiplier (default 4, Celery's default)
+BENCH_COUNT_SQL  "1": every pool process counts the SQL its durable store engine sends and adds the
+                 counts to the Redis hash ``bench:<tag>:sql`` (a background thread flushes every 0.2 s)
+BENCH_READY_FILE the worker's main process writes its pid there once it is ready
+
+The same three "3 trivial calls" workloads exist as a plain task, a chain and a durable workflow;
+each ends by incrementing a Redis counter (the same cost for all three), so the driver can count
+completions of the plain task and the chain without a result backend.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready
+
+from celery_durable import Durable
+
+TAG = os.environ.get("BENCH_TAG", "bench")
+REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/15")
+QUEUE = f"{TAG}-q"
+SQL_KEY = f"bench:{TAG}:sql"
+
+app = Celery("benchapp", broker=REDIS_URL)
+app.conf.update(
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    worker_prefetch_multiplier=int(os.environ.get("BENCH_PREFETCH", "4")),
+    task_default_queue=QUEUE,
+)
+
+_sweep = os.environ.get("BENCH_SWEEP", "30")
+durable = Durable(
+    app,
+    os.environ.get("BENCH_DATABASE_URL"),
+    table_prefix=os.environ.get("BENCH_PREFIX", "bench_"),
+    horizon=float(os.environ.get("BENCH_HORIZON", "300")),
+    sweep_interval=None if _sweep == "none" else float(_sweep),
+    recovery_grace=float(os.environ.get("BENCH_GRACE", "120")),
+)
+
+_redis: redis.Redis | None = None
+_redis_pid = 0
+
+
+def rds() -> redis.Redis:
+    """One Redis client per process (a forked child makes its own)."""
+    global _redis, _redis_pid
+    if _redis is None or _redis_pid != os.getpid():
+        _redis, _redis_pid = redis.Redis.from_url(REDIS_URL), os.getpid()
+    return _redis
+
+
+# -- SQL counting ---------------------------------------------------------------------------------
+class SQLCounter:
+    """Counts what a SQLAlchemy engine does.
+
+    statements: cursor executions (each one round trip), of which autocommit: on an AUTOCOMMIT
+    connection; begins / commits / rollbacks: transactions on non-autocommit connections (psycopg
+    sends BEGIN and COMMIT as round trips of their own); checkouts: pool checkouts (each one also
+    pings the server with ``pool_pre_ping``).
+    """
+
+    FIELDS = ("statements", "autocommit", "begins", "commits", "rollbacks", "checkouts")
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.statements: list[str] | None = None  # set to a list to also keep the SQL text
+
+    def attach(self, engine: sa.Engine) -> SQLCounter:
+        sa.event.listen(engine, "before_cursor_execute", self._on_execute)
+        sa.event.listen(engine, "begin", lambda conn: self._tx(conn, "begins"))
+        sa.event.listen(engine, "commit", lambda conn: self._tx(conn, "commits"))
+        sa.event.listen(engine, "rollback", lambda conn: self._tx(conn, "rollbacks"))
+        sa.event.listen(engine, "checkout", lambda *a: self._bump("checkouts"))
+        return self
+
+    def _bump(self, name: str) -> None:
+        self.counts[name] += 1
+
+    @staticmethod
+    def _autocommit(conn: Any) -> bool:
+        return bool(conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+
+    def _tx(self, conn: Any, name: str) -> None:
+        if not self._autocommit(conn):  # SQLAlchemy fires these on AUTOCOMMIT connections too
+            self.counts[name] += 1
+
+    def _on_execute(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.counts["statements"] += 1
+        if self._autocommit(conn):
+            self.counts["autocommit"] += 1
+        if self.statements is not None:
+            self.statements.append(statement)
+
+    def snapshot(self) -> dict[str, int]:
+        return {f: self.counts[f] for f in self.FIELDS}
+
+
+def _flush_loop(counter: SQLCounter) -> None:
+    sent = dict.fromkeys(SQLCounter.FIELDS, 0)
+    while True:
+        time.sleep(0.2)
+        now = counter.snapshot()
+        delta = {f: now[f] - sent[f] for f in SQLCounter.FIELDS if now[f] != sent[f]}
+        if not delta:
+            continue
+        try:
+            pipe = rds().pipeline()
+            for field, value in delta.items():
+                pipe.hincrby(SQL_KEY, field, value)
+            pipe.execute()
+            sent.update({f: now[f] for f in delta})
+        except Exception:
+            pass  # counted again at the next flush
+
+
+@worker_process_init.connect
+def _count_sql_in_child(**_: Any) -> None:
+    if os.environ.get("BENCH_COUNT_SQL") == "1":
+        counter = SQLCounter().attach(durable.store.engine)
+        threading.Thread(target=_flush_loop, args=(counter,), name="bench-sql-flush", daemon=True).start()
+
+
+@worker_ready.connect
+def _write_ready_file(**_: Any) -> None:
+    path = os.environ.get("BENCH_READY_FILE")
+    if path:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+
+
+# -- the "3 trivial calls" workloads --------------------------------------------------------------
+def inc(x: int) -> int:
+    return x + 1
+
+
+@app.task(name="bench.plain3")
+def plain3(x: int, key: str) -> int:
+    """(a) a plain Celery task making 3 trivial calls."""
+    x = inc(inc(inc(x)))
+    rds().incr(key)
+    return x
+
+
+@app.task(name="bench.link")
+def link(x: int) -> int:
+    """(b) one link of a 3-task chain: one trivial call."""
+    return inc(x)
+
+
+@app.task(name="bench.link_last")
+def link_last(x: int, key: str) -> int:
+    """(b) the last link of the chain."""
+    x = inc(x)
+    rds().incr(key)
+    return x
+
+
+@durable.step(name="bench.inc")
+def inc_step(x: int) -> int:
+    return x + 1
+
+
+@durable.workflow(name="bench.wf3")
+def wf3(x: int, key: str) -> int:
+    """(c) a durable workflow making 3 trivial step calls."""
+    x = inc_step(inc_step(inc_step(x)))
+    rds().incr(key)  # not a step: the same side effect as (a) and (b); no replay happens in the benchmark
+    return x
+
+
+# -- messaging workloads ----------------------------------------------------------------------------
+@durable.step(name="bench.stamp")
+def stamp() -> float:
+    """The wall-clock time right after the preceding recv returned (its checkpoint keeps it)."""
+    return time.time()
+
+
+@durable.workflow(name="bench.pinger")
+def pinger(count: int, timeout: float) -> int:
+    """recv then stamp, *count* times: recv #i is step 2*i, its stamp is step 2*i + 1."""
+    for _ in range(count):
+        durable.recv("ping", timeout=timeout)
+        stamp()
+    return count
+
+
+@durable.workflow(name="bench.waiter")
+def waiter(timeout: float) -> Any:
+    """Wait for one message on topic "go"."""
+    return durable.recv("go", timeout=timeout, default="<timeout>")
