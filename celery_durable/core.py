@@ -34,7 +34,7 @@ from .errors import (
     WorkflowCancelled,
 )
 from .serialization import Serializer, decode_error, encode_error
-from .store import Dispatch, Lease, StepRecord, Store, Suspended, WaitRequest, WorkflowStatus
+from .store import Dispatch, Execution, Lease, StepRecord, Store, Suspended, WaitRequest, WorkflowStatus
 from .store.schema import MAX_ID_LENGTH
 
 log = logging.getLogger("celery_durable")
@@ -203,7 +203,7 @@ class Engine:
         *ticket* is current, so two deliveries never run one step body at the same time.
         """
         try:
-            lease = self.store.acquire(workflow_id)
+            lease, execution = self.store.claim(workflow_id, ticket, self.clock())
         except Exception as exc:  # store unreachable: try again later, nothing happened
             return Interrupted(exc)
         if lease is None:
@@ -217,17 +217,13 @@ class Engine:
                 return Stale()
             return Busy()
         try:
-            return self._execute_locked(lease, ticket, name, fn)
+            if execution is None:
+                return Stale()
+            return self._execute_locked(lease, execution, name, fn)
         finally:
             self.store.release(lease)
 
-    def _execute_locked(self, lease: Lease, ticket: int, name: str, fn: Callable[..., Any]) -> Outcome:
-        try:
-            execution = self.store.begin(lease, ticket, self.clock())
-        except Exception as exc:
-            return Interrupted(exc)
-        if execution is None:
-            return Stale()
+    def _execute_locked(self, lease: Lease, execution: Execution, name: str, fn: Callable[..., Any]) -> Outcome:
         record = execution.workflow
         ctx = WorkflowContext(self, lease, record.workflow_id, execution.steps)
         token = _CURRENT.set(ctx)

@@ -107,6 +107,22 @@ class Store(abc.ABC):
         checkpoint, read in one round trip per table.
         """
 
+    def claim(self, workflow_id: str, ticket: int, now: float) -> tuple[Lease | None, Execution | None]:
+        """:meth:`acquire` then :meth:`begin`, which a backend may do in one round trip.
+
+        Returns ``(None, None)`` when another holder has the lock; ``(lease, None)`` when the
+        ticket is stale or the workflow finished (the caller still releases the lease); and
+        ``(lease, execution)`` when the execution may run.
+        """
+        lease = self.acquire(workflow_id)
+        if lease is None:
+            return None, None
+        try:
+            return lease, self.begin(lease, ticket, now)
+        except BaseException:
+            self.release(lease)
+            raise
+
     @abc.abstractmethod
     def record_step(self, lease: Lease, step: StepRecord) -> StepRecord:
         """Write a checkpoint once; return the stored one (the earlier one if it already existed).
@@ -129,7 +145,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
-        """Record the end of the workflow (SUCCESS or ERROR) unless it was cancelled meanwhile."""
+        """Record the end of the workflow (SUCCESS or ERROR) unless it was cancelled meanwhile.
+
+        It is the last write of an execution: a backend may release the lock with it, after the
+        row is updated (:meth:`release` must still be called, and then only returns the connection).
+        """
 
     # -- messages and events ------------------------------------------------------------------
     @abc.abstractmethod

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from .base import Lease
+from .records import Execution, WorkflowStatus
 from .sql import SQLLease, SQLStore
 
 # Keys are 64-bit hashes of a namespaced string, so they do not collide with the small
@@ -49,6 +50,80 @@ class PostgresStore(SQLStore):
     def _lock_migrations(self, conn: sa.Connection) -> None:
         conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_KEY})"), {"k": self._key("migrate", "")})
 
+    def claim(self, workflow_id: str, ticket: int, now: float) -> tuple[Lease | None, Execution | None]:
+        """Take the lock and start the execution in one statement (one round trip).
+
+        ``u`` reads ``l``, so the lock is taken before the row is updated; if another holder
+        commits the row meanwhile, PostgreSQL re-checks the UPDATE's conditions on the committed
+        version (READ COMMITTED), so a finished workflow is never restarted.
+        """
+        w = self.t.workflows
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            row = conn.execute(
+                sa.text(
+                    f"WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock({_KEY}) AS locked), "
+                    f"u AS (UPDATE {w.name} SET status = 'RUNNING', executions = executions + 1, "
+                    "timer_due = NULL, dispatched_at = NULL, updated_at = :now FROM l "
+                    "WHERE l.locked AND workflow_id = :wid AND ticket = :ticket "
+                    "AND status IN ('PENDING', 'RUNNING', 'WAITING') "
+                    f"RETURNING {w.name}.*) "
+                    "SELECT l.locked, u.* FROM l LEFT JOIN u ON true"
+                ),
+                {"k": self._key("x", workflow_id), "wid": workflow_id, "ticket": ticket, "now": now},
+            ).one()
+            conn.commit()
+        except BaseException:
+            conn.close()  # closing the session drops a lock it may have taken
+            raise
+        if not row.locked:
+            conn.close()
+            return None, None
+        lease = SQLLease(workflow_id, conn, autocommit=True)
+        if row.workflow_id is None:
+            return lease, None
+        record = self._workflow(row)
+        if record.executions == 1:
+            return lease, Execution(record, {})  # the first execution: no checkpoint can exist
+        try:
+            steps = conn.execute(self._q_steps, {"p_wid": workflow_id})
+            conn.commit()
+            return lease, Execution(record, {r.step_id: self._step(r) for r in steps})
+        except BaseException:
+            self.release(lease)
+            raise
+
+    def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
+        """Record the end and release the lock in one statement.
+
+        The unlock reads the UPDATE's result, so it runs after the row is updated and before the
+        commit; whoever takes the lock next waits on the row lock until the commit, then sees the
+        workflow finished.
+        """
+        assert isinstance(lease, SQLLease)
+        w = self.t.workflows
+        row = lease.conn.execute(
+            sa.text(
+                f"WITH u AS (UPDATE {w.name} SET status = :status, output = :output, error = :error, "
+                "updated_at = :now, wait_kind = NULL, wait_target = NULL, wait_topics = NULL, "
+                "wait_step = NULL, deadline = NULL, timer_due = NULL "
+                "WHERE workflow_id = :wid AND status = 'RUNNING' RETURNING 1 AS one) "
+                f"SELECT pg_advisory_unlock({_KEY}) AS unlocked FROM (SELECT count(*) AS n FROM u) AS done"
+            ),
+            {
+                "status": status.value,
+                "output": output,
+                "error": error,
+                "now": now,
+                "wid": lease.workflow_id,
+                "k": self._key("x", lease.workflow_id),
+            },
+        ).one()
+        lease.conn.commit()
+        lease.finished = True
+        if not row.unlocked:
+            lease.conn.invalidate()  # never pool a session that may still hold the lock
+
     def acquire(self, workflow_id: str) -> Lease | None:
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
@@ -67,6 +142,9 @@ class PostgresStore(SQLStore):
     def release(self, lease: Lease) -> None:
         assert isinstance(lease, SQLLease)
         conn = lease.conn
+        if lease.finished:
+            conn.close()  # finish() already released the lock
+            return
         try:
             dbapi = conn.connection.dbapi_connection
             if dbapi is not None and dbapi.info.transaction_status != 0:  # not idle: a failed statement

@@ -436,7 +436,13 @@ class SQLStore(Store):
             return Suspended(Dispatch(wid, wf.name, wf.queue, ticket, max(0.0, deadline - now)))
 
     def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
-        params = {"p_wid": lease.workflow_id, "p_status": status.value, "p_output": output, "p_error": error, "p_now": now}
+        params = {
+            "p_wid": lease.workflow_id,
+            "p_status": status.value,
+            "p_output": output,
+            "p_error": error,
+            "p_now": now,
+        }
         with self._single(lease) as conn:
             conn.execute(self._q_finish, params)
 
