@@ -15,8 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from ..errors import WorkflowNotFound
 from .base import Lease
-from .records import Execution, WorkflowStatus
+from .records import Dispatch, Execution, SendResult, StepRecord, Suspended, WaitRequest, WorkflowStatus
 from .sql import SQLLease, SQLStore
 
 # Keys are 64-bit hashes of a namespaced string, so they do not collide with the small
@@ -37,6 +38,37 @@ class PostgresStore(SQLStore):
 
     def _insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
+
+    def _hot_statements(self) -> None:
+        super()._hot_statements()
+        w, m, st = self.t.workflows.name, self.t.messages.name, self.t.steps.name
+        self._q_take = sa.text(
+            f"WITH wf AS MATERIALIZED (SELECT status FROM {w} WHERE workflow_id = :wid FOR UPDATE), "
+            f"msg AS MATERIALIZED (SELECT seq, topic, payload FROM {m} WHERE destination = :wid "
+            "AND topic = ANY(:topics) AND consumed_at IS NULL "
+            "AND EXISTS (SELECT 1 FROM wf WHERE wf.status = 'RUNNING') ORDER BY seq LIMIT 1), "
+            f"taken AS (UPDATE {m} SET consumed_at = :now WHERE seq = (SELECT seq FROM msg) RETURNING 1), "
+            f"ins AS (INSERT INTO {st} (workflow_id, step_id, name, kind, output, error, topic, started_at, ended_at) "
+            "SELECT :wid, :sid, :name, 'recv', payload, NULL, topic, :now, :now FROM msg RETURNING 1), "
+            f"clr AS (UPDATE {w} SET wait_kind = NULL, wait_target = NULL, wait_topics = NULL, wait_step = NULL, "
+            "deadline = NULL, timer_due = NULL, updated_at = :now "
+            "WHERE workflow_id = :wid AND EXISTS (SELECT 1 FROM msg) RETURNING 1) "
+            "SELECT seq, topic, payload FROM msg"
+        )
+        self._q_send = sa.text(
+            f"WITH lk AS MATERIALIZED (SELECT pg_advisory_xact_lock({_KEY}) AS x), "
+            "wf AS MATERIALIZED (SELECT d.workflow_id, d.status, d.wait_kind, d.wait_topics "
+            f"FROM {w} AS d, lk WHERE d.workflow_id = :dest FOR UPDATE OF d), "
+            f"ins AS (INSERT INTO {m} (destination, topic, payload, idempotency_key, created_at) "
+            "SELECT :dest, :topic, :payload, :ikey, :now FROM wf "
+            "ON CONFLICT (destination, idempotency_key) DO NOTHING RETURNING seq), "
+            f"wake AS (UPDATE {w} AS d SET status = 'PENDING', ticket = d.ticket + 1, timer_due = NULL, "
+            "dispatched_at = :now, updated_at = :now FROM wf, ins "
+            "WHERE d.workflow_id = wf.workflow_id AND wf.status = 'WAITING' AND wf.wait_kind = 'recv' "
+            "AND CAST(wf.wait_topics AS jsonb) ? :topic RETURNING d.ticket, d.name, d.queue) "
+            "SELECT (SELECT count(*) FROM wf) AS found, (SELECT seq FROM ins) AS seq, "
+            "wake.ticket, wake.name, wake.queue FROM (SELECT 1) AS one LEFT JOIN wake ON true"
+        )
 
     def _key(self, kind: str, workflow_id: str) -> str:
         return f"{self.prefix}{kind}:{workflow_id}"
@@ -123,6 +155,98 @@ class PostgresStore(SQLStore):
         lease.finished = True
         if not row.unlocked:
             lease.conn.invalidate()  # never pool a session that may still hold the lock
+
+    def wait_step(self, lease: Lease, request: WaitRequest) -> StepRecord | Suspended:
+        """A ``recv`` that finds its message consumes it in one statement (one round trip).
+
+        Only consuming happens here, never deciding to wait, so it needs no channel lock: the
+        destination row is locked FOR UPDATE (its newest version: still RUNNING, not cancelled),
+        the oldest matching message is marked consumed and becomes the checkpoint, atomically.
+        When nothing is found (or a message committed after this statement's snapshot), the
+        generic transaction decides, under the channel lock, whether to wait.
+        """
+        if request.kind == "recv":
+            assert isinstance(lease, SQLLease)
+            row = lease.conn.execute(
+                self._q_take,
+                {
+                    "wid": lease.workflow_id,
+                    "topics": list(request.topics),
+                    "now": request.now,
+                    "sid": request.step_id,
+                    "name": request.name,
+                },
+            ).first()
+            lease.conn.commit()
+            if row is not None:
+                return StepRecord(
+                    lease.workflow_id,
+                    request.step_id,
+                    request.name,
+                    "recv",
+                    row.payload,
+                    None,
+                    row.topic,
+                    request.now,
+                    request.now,
+                )
+        return super().wait_step(lease, request)
+
+    def send(
+        self,
+        destination: str,
+        topic: str,
+        payload: str,
+        now: float,
+        *,
+        idempotency_key: str | None = None,
+        create_mailbox: bool = False,
+        lease: Lease | None = None,
+        checkpoint: StepRecord | None = None,
+    ) -> SendResult:
+        """A send from outside any workflow, in one statement (one round trip).
+
+        The same steps as the generic send, in the same order: the channel lock (``lk``), then the
+        destination row FOR UPDATE (``wf``): taken after the lock, so in READ COMMITTED it is the
+        newest committed version even when a waiter committed its wait while we queued on the
+        lock. The message insert (``ins``) and the wake-up (``wake``, only if a message was
+        inserted) follow. Mailbox sends keep the generic path: their destination may be created
+        after this statement's snapshot, which one statement could not see.
+        """
+        if lease is not None or checkpoint is not None or create_mailbox:
+            return super().send(
+                destination,
+                topic,
+                payload,
+                now,
+                idempotency_key=idempotency_key,
+                create_mailbox=create_mailbox,
+                lease=lease,
+                checkpoint=checkpoint,
+            )
+        m = self.t.messages.name
+        params = {
+            "k": self._key("m", destination),
+            "dest": destination,
+            "topic": topic,
+            "payload": payload,
+            "ikey": idempotency_key,
+            "now": now,
+        }
+        with self._connect() as conn:
+            row = conn.execute(self._q_send, params).one()
+            if not row.found:
+                raise WorkflowNotFound(
+                    f"cannot send to workflow {destination!r}: no such workflow "
+                    "(pass create_mailbox=True to keep messages for a workflow that starts later)"
+                )
+            if row.seq is None:  # the idempotency key was used before
+                first = conn.execute(
+                    sa.text(f"SELECT seq FROM {m} WHERE destination = :dest AND idempotency_key = :ikey"), params
+                ).scalar_one()
+                return SendResult(int(first), False)
+        wakeups = () if row.ticket is None else (Dispatch(destination, row.name, row.queue, int(row.ticket)),)
+        return SendResult(int(row.seq), True, wakeups)
 
     def acquire(self, workflow_id: str) -> Lease | None:
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
