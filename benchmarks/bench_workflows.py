@@ -165,18 +165,18 @@ def main(argv: list[str] | None = None) -> int:
             t = {f: w[f] + p[f] for f in w}
             print("\nSQL per durable workflow (SQLAlchemy events; producer = start(), worker = the execution)")
             print(
-                f"  {'':<10}{'statements':>11}{'(autocommit)':>14}{'transactions':>14}{'commits':>9}{'rollbacks':>11}{'checkouts':>11}"
+                f"  {'':<10}{'statements':>11}{'(autocommit)':>14}{'transactions':>14}{'commits':>9}{'rollbacks':>11}{'pings':>11}"
             )
             for title, c in (("producer", p), ("worker", w), ("total", t)):
                 print(
                     f"  {title:<10}{c['statements']:11.2f}{c['autocommit']:14.2f}{c['begins']:14.2f}{c['commits']:9.2f}"
-                    f"{c['rollbacks']:11.2f}{c['checkouts']:11.2f}"
+                    f"{c['rollbacks']:11.2f}{c['pings']:11.2f}"
                 )
-            trips = t["statements"] + t["begins"] + t["commits"] + t["rollbacks"] + t["checkouts"]
+            trips = t["statements"] + t["begins"] + t["commits"] + t["rollbacks"] + t["pings"]
             print(
                 f"  database round trips per workflow ~ {trips:.1f} = statements + BEGIN and COMMIT/ROLLBACK of each\n"
-                "  transaction (psycopg sends each on its own; autocommit statements need neither) + one pre-ping\n"
-                "  per pool checkout (pool_pre_ping=True)"
+                "  transaction (psycopg sends each on its own; autocommit statements need neither) + pings\n"
+                "  (pool_pre_ping checkouts: producers ping, executions do not)"
             )
         print("\n(The worker's sweep thread is not counted: it runs in the main process, every 30 s.)")
         return 0

@@ -70,11 +70,11 @@ class SQLCounter:
 
     statements: cursor executions (each one round trip), of which autocommit: on an AUTOCOMMIT
     connection; begins / commits / rollbacks: transactions on non-autocommit connections (psycopg
-    sends BEGIN and COMMIT as round trips of their own); checkouts: pool checkouts (each one also
-    pings the server with ``pool_pre_ping``).
+    sends BEGIN and COMMIT as round trips of their own); pings: pool checkouts from an engine with
+    ``pool_pre_ping`` (each one pings the server; the store's execution engine does not ping).
     """
 
-    FIELDS = ("statements", "autocommit", "begins", "commits", "rollbacks", "checkouts")
+    FIELDS = ("statements", "autocommit", "begins", "commits", "rollbacks", "pings")
 
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
@@ -85,7 +85,8 @@ class SQLCounter:
         sa.event.listen(engine, "begin", lambda conn: self._tx(conn, "begins"))
         sa.event.listen(engine, "commit", lambda conn: self._tx(conn, "commits"))
         sa.event.listen(engine, "rollback", lambda conn: self._tx(conn, "rollbacks"))
-        sa.event.listen(engine, "checkout", lambda *a: self._bump("checkouts"))
+        if getattr(engine.pool, "_pre_ping", False):  # a checkout from this pool pings the server
+            sa.event.listen(engine, "checkout", lambda *a: self._bump("pings"))
         return self
 
     def _bump(self, name: str) -> None:
@@ -132,6 +133,9 @@ def _flush_loop(counter: SQLCounter) -> None:
 def _count_sql_in_child(**_: Any) -> None:
     if os.environ.get("BENCH_COUNT_SQL") == "1":
         counter = SQLCounter().attach(durable.store.engine)
+        exec_engine = getattr(durable.store, "exec_engine", None)  # PostgreSQL: the executions' own pool
+        if exec_engine is not None:
+            counter.attach(exec_engine)
         threading.Thread(target=_flush_loop, args=(counter,), name="bench-sql-flush", daemon=True).start()
 
 

@@ -35,6 +35,19 @@ class PostgresStore(SQLStore):
         options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
         options.update(engine_options or {})
         super().__init__(sa.create_engine(url, **options), prefix)
+        # Executions check out their own pool without the pre-ping round trip: a dead pooled
+        # connection (database restarted) fails the claim, SQLAlchemy then drops the whole pool,
+        # and the delivery is retried after busy_backoff. Producers (start, send) keep the ping,
+        # so their callers never see that error.
+        self.exec_engine = sa.create_engine(url, **{**options, "pool_pre_ping": False})
+
+    def after_fork(self) -> None:
+        super().after_fork()
+        self.exec_engine.dispose(close=False)
+
+    def close(self) -> None:
+        super().close()
+        self.exec_engine.dispose()
 
     def _insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
@@ -90,7 +103,7 @@ class PostgresStore(SQLStore):
         version (READ COMMITTED), so a finished workflow is never restarted.
         """
         w = self.t.workflows
-        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn = self.exec_engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             row = conn.execute(
                 sa.text(
@@ -249,7 +262,7 @@ class PostgresStore(SQLStore):
         return SendResult(int(row.seq), True, wakeups)
 
     def acquire(self, workflow_id: str) -> Lease | None:
-        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn = self.exec_engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             locked = conn.execute(
                 sa.text(f"SELECT pg_try_advisory_lock({_KEY})"), {"k": self._key("x", workflow_id)}
