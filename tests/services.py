@@ -41,7 +41,9 @@ def pg_url(database: str) -> str:
 class Worker:
     """A real ``celery worker`` subprocess running tests/apps/wfapp.py."""
 
-    def __init__(self, env: dict[str, str], concurrency: int = 2, pool: str = "prefork", log: Path | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], concurrency: int = 2, pool: str = "prefork", log: Path | None = None
+    ) -> None:
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
         self.concurrency = concurrency
         self.pool = pool
@@ -53,11 +55,30 @@ class Worker:
         self._log_file = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "tests.apps.wfapp", "worker",
-                "-c", str(self.concurrency), "-P", self.pool, "-n", name, "-l", "info",
-                "-Q", self.env.get("CD_QUEUE", "celery"), "--without-gossip", "--without-mingle", "--without-heartbeat",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.apps.wfapp",
+                "worker",
+                "-c",
+                str(self.concurrency),
+                "-P",
+                self.pool,
+                "-n",
+                name,
+                "-l",
+                "info",
+                "-Q",
+                self.env.get("CD_QUEUE", "celery"),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
             ],
-            env=self.env, cwd=str(ROOT), stdout=self._log_file, stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=str(ROOT),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout

@@ -280,3 +280,45 @@ def test_redis_restart_loses_the_timer_but_not_the_workflow(pg_database, tmp_pat
         if wf is not None and wf.durable._store is not None:
             wf.durable._store.close()
         redis.stop()
+
+
+# ---- PostgreSQL restart -------------------------------------------------------------------------
+
+
+def restart_postgres() -> None:
+    """Restart the machine's PostgreSQL (every session ends) and wait until it accepts connections."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120)
+    wait_for(
+        lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"], check=False).returncode == 0,
+        timeout=60,
+        what="PostgreSQL to accept connections again",
+    )
+
+
+def test_postgres_restart_loses_nothing(pg_database, tmp_path, counters):
+    """A database restart ends every session: pooled connections in the worker and the producer die.
+
+    Workflows waiting across it still receive their messages, new workflows still run, and no
+    finished step runs again.
+    """
+    env = make_env("redis://127.0.0.1:6379/11", pg_database, tmp_path, CD_SWEEP_INTERVAL="1")
+    wf = load_app(env)
+    worker = Worker(env).start()
+    try:
+        waiting = [wf.steps_then_recv.start(i, None) for i in range(3)]
+        wait_for(lambda: all(h.status() == WorkflowStatus.WAITING for h in waiting), what="workflows to wait")
+        assert count_lines(counters / "add") == 6
+        restart_postgres()
+        for h in waiting:
+            wf.durable.send(h.workflow_id, "after restart", topic="go")
+        after = wf.three_adds.start(10)
+        assert after.result(timeout=90) == 13
+        for h in waiting:
+            assert h.result(timeout=90)["message"] == "after restart"
+        assert count_lines(counters / "add") == 6 + 3, "a step that had finished before the restart ran again"
+    finally:
+        worker.stop()
+        with wf.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(env["CD_QUEUE"])
+        wf.durable.store.close()
