@@ -15,10 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from ..errors import WorkflowNotFound
 from .base import Lease
 from .records import Dispatch, Execution, SendResult, StepRecord, Suspended, WaitRequest, WorkflowStatus
-from .sql import SQLLease, SQLStore
+from .sql import SQLLease, SQLStore, no_such_destination
 
 # Keys are 64-bit hashes of a namespaced string, so they do not collide with the small
 # integer keys applications usually pick for their own advisory locks.
@@ -249,10 +248,7 @@ class PostgresStore(SQLStore):
         with self._connect() as conn:
             row = conn.execute(self._q_send, params).one()
             if not row.found:
-                raise WorkflowNotFound(
-                    f"cannot send to workflow {destination!r}: no such workflow "
-                    "(pass create_mailbox=True to keep messages for a workflow that starts later)"
-                )
+                raise no_such_destination(destination)
             if row.seq is None:  # the idempotency key was used before
                 first = conn.execute(
                     sa.text(f"SELECT seq FROM {m} WHERE destination = :dest AND idempotency_key = :ikey"), params

@@ -39,6 +39,14 @@ _CLEARED_WAIT: dict[str, Any] = {
 }
 
 
+def no_such_destination(destination: str) -> WorkflowNotFound:
+    """The error for a send to a workflow id that does not exist (and no mailbox was asked for)."""
+    return WorkflowNotFound(
+        f"cannot send to workflow {destination!r}: no such workflow "
+        "(pass create_mailbox=True to keep messages for a workflow that starts later)"
+    )
+
+
 class SQLLease(Lease):
     """An execution lock plus the connection every write of that execution goes through."""
 
@@ -464,10 +472,7 @@ class SQLStore(Store):
             self._lock_channel(conn, "m", destination)
             wf = self._select_workflow(conn, destination, for_update=True)
             if wf is None and not create_mailbox:
-                raise WorkflowNotFound(
-                    f"cannot send to workflow {destination!r}: no such workflow "
-                    "(pass create_mailbox=True to keep messages for a workflow that starts later)"
-                )
+                raise no_such_destination(destination)
             values = {
                 "destination": destination,
                 "topic": topic,
