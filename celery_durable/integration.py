@@ -57,7 +57,7 @@ class WorkflowTask(Task):
     def start(self, *args: Any, workflow_id: str | None = None, **kwargs: Any) -> WorkflowHandle:
         """Start the workflow (or find it: the id is an idempotency key) and return its handle."""
         result = self.apply_async(args, kwargs, task_id=workflow_id)
-        return self.durable.handle(result.id)
+        return WorkflowHandle(self.durable, result.id)  # it exists: apply_async just stored or found it
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
