@@ -234,7 +234,12 @@ class Engine:
                 )
             inputs = self.serializer.loads(record.inputs)
             value = fn(*inputs["args"], **inputs["kwargs"])
-            output = self.serializer.dumps(value)
+            try:
+                output = self.serializer.dumps(value)
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"workflow {record.workflow_id!r} returned a value that cannot be stored: {exc}"
+                ) from None
         except Suspend as suspend:
             return Waiting(suspend.dispatch)
         except (_Cancelled, WorkflowCancelled):
@@ -244,10 +249,6 @@ class Engine:
         except Exception as exc:
             if ctx.store_error is not None:
                 return Interrupted(ctx.store_error)
-            if isinstance(exc, SerializationError):
-                exc = SerializationError(
-                    f"workflow {record.workflow_id!r} returned a value that cannot be stored: {exc}"
-                )
             return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(exc), Failed(exc))
         finally:
             _CURRENT.reset(token)

@@ -160,7 +160,7 @@ def test_unserializable_step_output_is_a_clear_error(engine: core.Engine) -> Non
     outcome = engine.execute("wf", ticket, "body", body)
     assert isinstance(outcome, core.Failed)
     assert isinstance(outcome.error, SerializationError)
-    assert "'bad'" in str(outcome.error) and "JSON" in str(outcome.error)
+    assert "step 'bad' returned" in str(outcome.error) and "JSON" in str(outcome.error)
 
 
 def test_workflow_error_is_recorded(engine: core.Engine) -> None:
@@ -259,3 +259,14 @@ def test_send_inside_a_workflow_wakes_the_receiver_and_is_not_repeated(
 def test_operations_outside_a_workflow_say_so() -> None:
     with pytest.raises(NotInWorkflow, match="inside a workflow"):
         core.require_context("recv")
+
+
+def test_unserializable_workflow_result_is_a_clear_error(engine: core.Engine) -> None:
+    def body() -> object:
+        return object()
+
+    ticket = start(engine, "wf-out", "body")
+    outcome = engine.execute("wf-out", ticket, "body", body)
+    assert isinstance(outcome, core.Failed) and isinstance(outcome.error, SerializationError)
+    assert "workflow 'wf-out' returned a value that cannot be stored" in str(outcome.error)
+    assert engine.store.get_workflow("wf-out").status == WorkflowStatus.ERROR
