@@ -106,7 +106,12 @@ class PostgresStore(SQLStore):
         try:
             row = conn.execute(
                 sa.text(
-                    f"WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock({_KEY}) AS locked), "
+                    # The claim's commit need not wait for its WAL flush: if the database crashed
+                    # before the flush, the claim is lost with everything after it, and the row is
+                    # as it was before (the execution's connection is gone too). The next durable
+                    # write of this execution flushes the WAL up to and past it anyway.
+                    "WITH sc AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)), "
+                    f"l AS MATERIALIZED (SELECT pg_try_advisory_lock({_KEY}) AS locked FROM sc), "
                     f"u AS (UPDATE {w.name} SET status = 'RUNNING', executions = executions + 1, "
                     "timer_due = NULL, dispatched_at = NULL, updated_at = :now FROM l "
                     "WHERE l.locked AND workflow_id = :wid AND ticket = :ticket "
