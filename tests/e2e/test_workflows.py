@@ -256,3 +256,17 @@ def test_non_json_inputs_fail_before_anything_is_enqueued(wf, e2e_env):
     with pytest.raises(WorkflowNotFound):
         wf.durable.handle("bad-1")
     assert queued_messages(wf, e2e_env["CD_QUEUE"]) == 0
+
+
+def test_send_task_by_name_starts_a_durable_workflow(wf, worker, counters, e2e_env):
+    """A producer that has only the task's name (no workflow code, no Durable) starts a workflow."""
+    queue = e2e_env["CD_QUEUE"]
+    wf.app.send_task(wf.three_adds.name, args=(20,), task_id="by-name-1", queue=queue)
+    assert wait_for(lambda: wf.durable.store.get_workflow("by-name-1"), timeout=60, what="the workflow row")
+    assert wf.durable.handle("by-name-1").result(timeout=60) == 23
+    # The same message again (a producer retrying) starts nothing new.
+    wf.app.send_task(wf.three_adds.name, args=(20,), task_id="by-name-1", queue=queue)
+    wf.three_adds.delay(0)  # a later workflow on the same queue: once it finished, the duplicate was handled
+    wait_for(lambda: len(wf.durable.list_workflows(status=WorkflowStatus.SUCCESS)) == 2, timeout=60, what="both")
+    assert count_lines(counters / "add") == 6
+    assert wf.durable.handle("by-name-1").record().executions == 1
