@@ -83,7 +83,3 @@ class WorkflowFailed(DurableError):
 
 def _rebuild_failed(message: str, error_type: str, error_message: str, tb: str) -> WorkflowFailed:
     return WorkflowFailed(message, error_type=error_type, error_message=error_message, remote_traceback=tb)
-
-
-class StoreUnavailable(DurableError):
-    """Raised when the workflow store cannot be reached; the operation can be retried."""

@@ -27,7 +27,6 @@ _KEY = "hashtextextended(:k, 0)"
 class PostgresStore(SQLStore):
     """Store on PostgreSQL through psycopg 3."""
 
-    dialect_name = "postgresql"
     autocommit_reads = True
 
     def __init__(self, url: str, prefix: str = "durable_", engine_options: dict[str, Any] | None = None) -> None:

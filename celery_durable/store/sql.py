@@ -63,7 +63,6 @@ class SQLLease(Lease):
 class SQLStore(Store):
     """Every query of the store; subclasses provide the engine and the locks."""
 
-    dialect_name = ""
     #: Whether lone statements outside executions may run on autocommit connections.
     autocommit_reads = False
 

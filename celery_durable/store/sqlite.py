@@ -26,7 +26,6 @@ from .sql import SQLLease, SQLStore
 class SQLiteStore(SQLStore):
     """Store in an SQLite file."""
 
-    dialect_name = "sqlite"
 
     def __init__(self, url: str, prefix: str = "durable_", engine_options: dict[str, Any] | None = None) -> None:
         parsed = sa.make_url(url)
