@@ -10,6 +10,7 @@ import importlib
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +95,24 @@ def e2e_env(request: pytest.FixtureRequest, pg_database: str, tmp_path: Path) ->
     return make_env(BROKERS[request.param](), pg_database, tmp_path)
 
 
+@contextmanager
+def configured_app(env: dict[str, str]) -> Iterator[Any]:
+    """tests.apps.wfapp configured by *env*; afterwards its queue is deleted and its store closed."""
+    module = load_app(env)
+    try:
+        yield module
+    finally:
+        try:
+            with module.app.connection_for_write() as conn:
+                conn.default_channel.queue_delete(env["CD_QUEUE"])
+        except Exception:
+            pass
+        if module.durable._store is not None:
+            module.durable._store.close()
+
+
 @pytest.fixture
 def wf(e2e_env: dict[str, str]) -> Iterator[Any]:
-    """The test app module (tests.apps.wfapp) configured for this test; its queue is deleted afterwards."""
-    module = load_app(e2e_env)
-    yield module
-    try:
-        with module.app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(e2e_env["CD_QUEUE"])
-    except Exception:
-        pass
-    if module.durable._store is not None:
-        module.durable._store.close()
+    """The test app module (tests.apps.wfapp) configured for this test."""
+    with configured_app(e2e_env) as module:
+        yield module

@@ -11,8 +11,6 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from celery_durable import (
     WorkflowNotFound,
     WorkflowStatus,
 )
-from tests.conftest import BROKERS, load_app, make_env
+from tests.conftest import BROKERS, configured_app, make_env
 from tests.services import Worker, count_lines, running_worker, wait_for
 
 TICKET_KW = "__durable_ticket__"
@@ -79,22 +77,6 @@ def counter(env: dict[str, str], name: str) -> Path:
 def done_deliveries(worker: Worker, workflow_id: str) -> int:
     """Task messages for *workflow_id* the worker has finished with (a no-op delivery returns None)."""
     return len(re.findall(rf"\[{re.escape(workflow_id)}\] (?:succeeded|ignored)", worker.output()))
-
-
-@contextmanager
-def custom_app(env: dict[str, str]) -> Iterator[Any]:
-    """Like the ``wf`` fixture for an env built with ``make_env``."""
-    module = load_app(env)
-    try:
-        yield module
-    finally:
-        try:
-            with module.app.connection_for_write() as conn:
-                conn.default_channel.queue_delete(env["CD_QUEUE"])
-        except Exception:
-            pass
-        if module.durable._store is not None:
-            module.durable._store.close()
 
 
 # -- 1. FIFO per (destination, topic), topic separation -------------------------------------------
@@ -318,7 +300,7 @@ def test_burst_of_sends_publishes_one_wakeup(wf, e2e_env, tmp_path):
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_wait_beyond_the_horizon(broker, pg_database, tmp_path):
     env = make_env(BROKERS[broker](), pg_database, tmp_path, CD_HORIZON="2", CD_SWEEP_INTERVAL="0.5")
-    with custom_app(env) as wf, running_worker(env):
+    with configured_app(env) as wf, running_worker(env):
         short = wf.receiver.start(["h"], 1, 5, workflow_id="beyond-timeout")
         far = wf.receiver.start(["h"], 1, 300, workflow_id="beyond-woken")
         for wid in ("beyond-timeout", "beyond-woken"):
@@ -476,7 +458,7 @@ def test_recv_any_sleep_and_events(wf, e2e_env):
 # -- 12. the SQLite default store -----------------------------------------------------------------
 def test_send_recv_on_sqlite_store(tmp_path):
     env = make_env(BROKERS["redis"](), f"sqlite:///{tmp_path}/db.sqlite3", tmp_path)
-    with custom_app(env) as wf, running_worker(env, concurrency=2):
+    with configured_app(env) as wf, running_worker(env, concurrency=2):
         rcv = wf.receiver.start(["s", "s", None], 3, 60, workflow_id="sqlite-rcv")
         wait_status(wf, "sqlite-rcv", WorkflowStatus.WAITING)
         snd = wf.sender.start("sqlite-rcv", ["x", "y"], "s", 0.0, workflow_id="sqlite-snd")
