@@ -56,10 +56,23 @@ class Store(abc.ABC):
     # -- workflows --------------------------------------------------------------------------
     @abc.abstractmethod
     def create_workflow(
-        self, workflow_id: str, name: str, inputs: str, queue: str | None, now: float
+        self,
+        workflow_id: str,
+        name: str,
+        inputs: str,
+        queue: str | None,
+        now: float,
+        *,
+        version: str | None = None,
+        parent_id: str | None = None,
+        timeout_at: float | None = None,
+        trace_context: str | None = None,
     ) -> tuple[WorkflowRecord, bool]:
         """Insert a PENDING workflow with ticket 0 unless the id exists.
 
+        *version* is the application version starting it, *parent_id* the workflow that started
+        it as a child, *timeout_at* its own deadline (absolute, fixed for its whole life) and
+        *trace_context* the serialized trace context it was started in; each is stored as given.
         Return the stored record and whether this call created it. An existing row is
         returned unchanged whatever its name: the caller decides what a conflict means.
         """

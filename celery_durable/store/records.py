@@ -55,6 +55,14 @@ class WorkflowRecord:
     deadline: float | None = None
     timer_due: float | None = None
     dispatched_at: float | None = None
+    version: str | None = None
+    parent_id: str | None = None
+    forked_from: str | None = None
+    forked_from_step: int | None = None
+    timeout_at: float | None = None
+    attempt_step: int | None = None
+    attempts: int | None = None
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)

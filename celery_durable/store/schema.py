@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -22,6 +23,7 @@ _BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoi
 class Tables:
     """The package's tables for one prefix."""
 
+    prefix: str
     metadata: sa.MetaData
     version: sa.Table
     workflows: sa.Table
@@ -30,10 +32,25 @@ class Tables:
     events: sa.Table
 
 
-def build_tables(prefix: str) -> Tables:
-    """Declare the newest schema under *prefix*."""
+def _v2_workflow_columns() -> list[sa.Column[Any]]:
+    """Columns schema version 2 added to the workflows table (operations, versions, children, tracing)."""
+    return [
+        sa.Column("version", sa.String(MAX_ID_LENGTH)),  # application version that started the workflow
+        sa.Column("parent_id", sa.String(MAX_ID_LENGTH)),  # the workflow that started this one as a child
+        sa.Column("forked_from", sa.String(MAX_ID_LENGTH)),  # the workflow this one was forked from
+        sa.Column("forked_from_step", sa.Integer),  # ... and the step it was forked at
+        sa.Column("timeout_at", sa.Float),  # the workflow's own deadline, fixed at start (None: no timeout)
+        sa.Column("attempt_step", sa.Integer),  # the step whose retry attempts `attempts` counts
+        sa.Column("attempts", sa.Integer),  # attempts of that step started so far (durable retries)
+        sa.Column("trace_context", sa.Text),  # JSON carrier of the trace context that started it
+    ]
+
+
+def build_tables(prefix: str, version: int | None = None) -> Tables:
+    """Declare the schema under *prefix*: the newest, or as it stood at schema *version*."""
+    version = LATEST_VERSION if version is None else version
     md = sa.MetaData()
-    version = sa.Table(f"{prefix}schema_version", md, sa.Column("version", sa.Integer, nullable=False))
+    version_table = sa.Table(f"{prefix}schema_version", md, sa.Column("version", sa.Integer, nullable=False))
     workflows = sa.Table(
         f"{prefix}workflows",
         md,
@@ -55,6 +72,7 @@ def build_tables(prefix: str) -> Tables:
         sa.Column("dispatched_at", sa.Float),  # when the live immediate message was published
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
+        *(_v2_workflow_columns() if version >= 2 else []),
     )
     sa.Index(f"{prefix}workflows_created", workflows.c.created_at)
     sa.Index(f"{prefix}workflows_status", workflows.c.status, workflows.c.created_at)
@@ -62,6 +80,11 @@ def build_tables(prefix: str) -> Tables:
     # The sweep looks for waits whose deadline comes within the horizon.
     waiting = workflows.c.status == "WAITING"
     sa.Index(f"{prefix}workflows_deadline", workflows.c.deadline, postgresql_where=waiting, sqlite_where=waiting)
+    if version >= 2:
+        sa.Index(f"{prefix}workflows_parent", workflows.c.parent_id)
+        # The sweep looks for unfinished workflows whose own deadline passed.
+        timed = workflows.c.timeout_at.is_not(None)
+        sa.Index(f"{prefix}workflows_timeout", workflows.c.timeout_at, postgresql_where=timed, sqlite_where=timed)
     steps = sa.Table(
         f"{prefix}steps",
         md,
@@ -109,14 +132,26 @@ def build_tables(prefix: str) -> Tables:
         sa.Column("value", sa.Text, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
     )
-    return Tables(md, version, workflows, steps, messages, events)
+    return Tables(prefix, md, version_table, workflows, steps, messages, events)
 
 
 def _v1_initial(conn: sa.Connection, tables: Tables) -> None:
-    for table in (tables.workflows, tables.steps, tables.messages, tables.events):
+    # The tables as version 1 declared them: later versions add to them with their own migrations.
+    v1 = build_tables(tables.prefix, version=1)
+    for table in (v1.workflows, v1.steps, v1.messages, v1.events):
         table.create(conn, checkfirst=True)
 
 
+def _v2_operations(conn: sa.Connection, tables: Tables) -> None:
+    w = tables.workflows
+    for column in _v2_workflow_columns():
+        ddl = sa.schema.CreateColumn(w.c[column.name]).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {w.name} ADD COLUMN {ddl}")
+    for index in w.indexes:
+        if index.name in (f"{tables.prefix}workflows_parent", f"{tables.prefix}workflows_timeout"):
+            index.create(conn)
+
+
 # Append new migrations here; never edit one that has shipped.
-MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial]
+MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations]
 LATEST_VERSION = len(MIGRATIONS)

@@ -182,6 +182,14 @@ class SQLStore(Store):
             deadline=m["deadline"],
             timer_due=m["timer_due"],
             dispatched_at=m["dispatched_at"],
+            version=m["version"],
+            parent_id=m["parent_id"],
+            forked_from=m["forked_from"],
+            forked_from_step=m["forked_from_step"],
+            timeout_at=m["timeout_at"],
+            attempt_step=m["attempt_step"],
+            attempts=m["attempts"],
+            trace_context=m["trace_context"],
         )
 
     @staticmethod
@@ -245,9 +253,29 @@ class SQLStore(Store):
 
     # -- workflows ------------------------------------------------------------------------------
     def create_workflow(
-        self, workflow_id: str, name: str, inputs: str, queue: str | None, now: float
+        self,
+        workflow_id: str,
+        name: str,
+        inputs: str,
+        queue: str | None,
+        now: float,
+        *,
+        version: str | None = None,
+        parent_id: str | None = None,
+        timeout_at: float | None = None,
+        trace_context: str | None = None,
     ) -> tuple[WorkflowRecord, bool]:
-        params = {"p_wid": workflow_id, "p_name": name, "p_inputs": inputs, "p_queue": queue, "p_now": now}
+        params = {
+            "p_wid": workflow_id,
+            "p_name": name,
+            "p_inputs": inputs,
+            "p_queue": queue,
+            "p_now": now,
+            "p_version": version,
+            "p_parent_id": parent_id,
+            "p_timeout_at": timeout_at,
+            "p_trace_context": trace_context,
+        }
         # One atomic statement: no transaction needed. A conflict means the row exists for good
         # (workflows are never deleted), so reading it afterwards is safe.
         with self._connect() as conn:
@@ -311,6 +339,10 @@ class SQLStore(Store):
                 created_at=now,
                 updated_at=now,
                 dispatched_at=now,
+                version=sa.bindparam("p_version", type_=w.c.version.type),
+                parent_id=sa.bindparam("p_parent_id", type_=w.c.parent_id.type),
+                timeout_at=sa.bindparam("p_timeout_at", type_=w.c.timeout_at.type),
+                trace_context=sa.bindparam("p_trace_context", type_=w.c.trace_context.type),
             )
             .on_conflict_do_nothing(index_elements=[w.c.workflow_id])
             .returning(*w.c)

@@ -68,7 +68,52 @@ def test_concurrent_migrate_from_several_threads(h: Harness) -> None:
             s.close()
 
 
+def test_upgrade_from_version_1_keeps_rows_and_adds_the_new_columns(h: Harness) -> None:
+    """A database created by version 1 of the schema is upgraded in place by migrate()."""
+    import sqlalchemy as sa
+
+    from celery_durable.store.schema import MIGRATIONS, build_tables
+
+    url, prefix = store_url(h.store), fresh_prefix()
+    old = open_store(url, prefix)
+    try:
+        engine = old.engine  # type: ignore[attr-defined]
+        v1 = build_tables(prefix, version=1)
+        with engine.begin() as conn:
+            v1.version.create(conn)
+            conn.execute(v1.version.insert().values(version=1))
+            MIGRATIONS[0](conn, build_tables(prefix))
+            conn.execute(
+                v1.workflows.insert().values(
+                    workflow_id="from-v1", name="wf", status="WAITING", inputs="[]", ticket=3,
+                    executions=2, created_at=T0, updated_at=T0,
+                )
+            )
+        assert old.schema_version() == 1
+        assert old.migrate() == LATEST_VERSION
+        record = old.get_workflow("from-v1")
+        assert record is not None and record.status is WorkflowStatus.WAITING and record.ticket == 3
+        assert record.version is None and record.parent_id is None and record.timeout_at is None
+        names = {c["name"] for c in sa.inspect(engine).get_columns(f"{prefix}workflows")}
+        assert {"version", "parent_id", "forked_from", "timeout_at", "attempts", "trace_context"} <= names
+    finally:
+        old.close()
+
+
 # -- workflows ------------------------------------------------------------------------------------------
+def test_create_workflow_stores_version_parent_timeout_and_trace_context(h: Harness) -> None:
+    record, created = h.store.create_workflow(
+        "child-1", "wf", "[]", None, T0, version="v7", parent_id="parent", timeout_at=T0 + 60, trace_context='{"a":1}'
+    )
+    assert created
+    assert (record.version, record.parent_id, record.timeout_at, record.trace_context) == (
+        "v7", "parent", T0 + 60, '{"a":1}'
+    )
+    assert h.store.get_workflow("child-1") == record
+    plain, _ = h.store.create_workflow("plain", "wf", "[]", None, T0)
+    assert (plain.version, plain.parent_id, plain.timeout_at, plain.trace_context) == (None, None, None, None)
+
+
 def test_create_workflow_inserts_a_pending_workflow_with_ticket_zero(h: Harness) -> None:
     record, created = h.store.create_workflow("w1", "shop.checkout", '["o-1"]', "orders", T0)
     assert created is True
