@@ -403,6 +403,7 @@ class WorkflowContext:
             return
         engine = self.engine
         now = engine.clock()
-        checkpoint = StepRecord(self.workflow_id, step_id, name, "set_event", "null", None, None, now, now)
+        # The checkpoint keeps the key (as its topic) and the value: a fork rebuilds its events from them.
+        checkpoint = StepRecord(self.workflow_id, step_id, name, "set_event", value, None, key, now, now)
         wakeups = self._store(lambda: engine.store.set_event(self.lease, key, value, checkpoint))
         engine.publish_all(wakeups)

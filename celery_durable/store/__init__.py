@@ -9,6 +9,7 @@ from .base import Lease, Store
 from .records import (
     Dispatch,
     Execution,
+    MessageRecord,
     SendResult,
     StepRecord,
     Suspended,
@@ -21,6 +22,7 @@ __all__ = [
     "Dispatch",
     "Execution",
     "Lease",
+    "MessageRecord",
     "SendResult",
     "StepRecord",
     "Store",

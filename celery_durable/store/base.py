@@ -22,10 +22,12 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 from .records import (
     Dispatch,
     Execution,
+    MessageRecord,
     SendResult,
     StepRecord,
     Suspended,
@@ -83,9 +85,24 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_workflows(
-        self, status: WorkflowStatus | None = None, name: str | None = None, limit: int = 100
+        self,
+        status: WorkflowStatus | Sequence[WorkflowStatus] | None = None,
+        name: str | None = None,
+        *,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        id_prefix: str | None = None,
+        parent_id: str | None = None,
+        version: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[WorkflowRecord]:
-        """Return workflows, newest first, optionally filtered by status and name."""
+        """Return workflows newest first (by creation, then id), skipping *offset* and at most *limit*.
+
+        Each filter given narrows the result: *status* (one, or any of several), exact *name*, created at or after
+        *created_after* and before *created_before*, id starting with *id_prefix* (taken literally:
+        ``%`` and ``_`` are not wildcards), exact *parent_id*, exact *version*.
+        """
 
     @abc.abstractmethod
     def list_steps(self, workflow_id: str) -> list[StepRecord]:
@@ -195,6 +212,65 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_event(self, workflow_id: str, key: str) -> str | None:
         """Return an event's current serialized value, or ``None`` when it is not set."""
+
+    # -- operations (outside executions: operators, producers) --------------------------------------
+    @abc.abstractmethod
+    def list_messages(self, workflow_id: str) -> list[MessageRecord]:
+        """Return every message addressed to *workflow_id*, consumed or not, oldest (lowest seq) first; payloads as stored."""
+
+    @abc.abstractmethod
+    def get_events(self, workflow_id: str) -> dict[str, str]:
+        """Return every event of *workflow_id*: key -> current serialized value."""
+
+    @abc.abstractmethod
+    def resume(
+        self, workflow_id: str, ticket: int, drop_from: int | None, now: float
+    ) -> tuple[WorkflowRecord | None, Dispatch | None]:
+        """Put an ERROR or CANCELLED workflow back to work, in one transaction.
+
+        Only when the workflow is still ERROR or CANCELLED with *ticket* (what the caller read):
+        its checkpoints with step id >= *drop_from* are deleted (none when ``None``), and a message
+        a deleted ``recv`` checkpoint had consumed is unconsumed, so it is received again; it
+        becomes PENDING with a new ticket, without output, error or wait; a ``timeout_at`` already
+        passed is cleared (it would stop the workflow at once) and so is a retry count of a deleted
+        step. Returns the record after the change and the :class:`Dispatch` to publish. Otherwise
+        nothing changes: returns the current record and ``None`` (``(None, None)`` when unknown).
+        """
+
+    @abc.abstractmethod
+    def fork(
+        self, source_id: str, new_id: str, start_step: int, now: float, *, version: str | None = None
+    ) -> tuple[WorkflowRecord | None, bool]:
+        """Create *new_id* as a copy of *source_id* that runs again from *start_step*, in one transaction.
+
+        The new workflow is PENDING with ticket 0, the source's name, inputs and queue, *version*,
+        no parent and no deadline, ``forked_from``/``forked_from_step`` set, and an execution count
+        of 1 (its first execution must read the copied checkpoints). It holds copies of the source's
+        checkpoints with step id < *start_step*, and the events those copied ``set_event``
+        checkpoints set (the last value of each key). Messages are not copied: a copied ``recv``
+        checkpoint holds its value, and a ``recv`` from *start_step* on waits for messages sent to
+        *new_id*. Returns ``(record, True)``; ``(existing, False)`` when *new_id* exists (nothing
+        is written); ``(None, False)`` when the source does not exist.
+        """
+
+    @abc.abstractmethod
+    def prune(self, before: float, batch: int = 500) -> int:
+        """Delete finished workflows last updated before *before* with their checkpoints, events and the
+        messages addressed to them; return how many workflows were deleted.
+
+        Works in batches of at most *batch* workflows, each in its own short transaction, and touches
+        only finished rows: a workflow resumed meanwhile, and every unfinished one, is kept, and a
+        row locked by someone else is skipped rather than waited for (on backends with row locks).
+        """
+
+    @abc.abstractmethod
+    def leave_to_sweep(self, dispatch: Dispatch) -> None:
+        """Record that *dispatch* will not be published: the next sweep publishes it.
+
+        When the workflow's ticket is still ``dispatch.ticket``, a PENDING workflow gets no
+        ``dispatched_at`` and a WAITING one no ``timer_due``; :meth:`sweep` then picks it up at its
+        next run instead of after the grace period.
+        """
 
     # -- recovery -------------------------------------------------------------------------------
     @abc.abstractmethod

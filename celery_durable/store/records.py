@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class WorkflowStatus(str, enum.Enum):
@@ -64,6 +66,26 @@ class WorkflowRecord:
     attempts: int | None = None
     trace_context: str | None = None
 
+    @property
+    def error_summary(self) -> str | None:
+        """The error in one line, e.g. ``"ValueError: boom"`` (``None`` when there is none)."""
+        return error_summary(self.error)
+
+
+def error_summary(error: str | None, width: int = 200) -> str | None:
+    """One line for a stored error (the JSON ``encode_error`` writes): short type name and first message line."""
+    if error is None:
+        return None
+    try:
+        record = json.loads(error)
+        kind = str(record.get("type", "")).rpartition(".")[2] or "Error"
+        message = str(record.get("message", ""))
+    except (ValueError, AttributeError):
+        kind, message = "Error", error
+    lines = message.strip().splitlines()
+    line = f"{kind}: {lines[0]}" if lines else kind
+    return line if len(line) <= width else line[: width - 3] + "..."
+
 
 @dataclass(frozen=True)
 class StepRecord:
@@ -82,6 +104,28 @@ class StepRecord:
     topic: str | None = None
     started_at: float = 0.0
     ended_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """A message addressed to a workflow, as :meth:`Store.list_messages` returns it.
+
+    ``payload`` is the serialized text in what the store returns, and the decoded value in what
+    ``Durable.list_messages`` returns. ``topic`` is ``None`` for the default topic.
+    """
+
+    workflow_id: str
+    seq: int
+    topic: str | None
+    payload: Any
+    sent_at: float
+    consumed_at: float | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def consumed(self) -> bool:
+        """Whether a ``recv`` took it (then its checkpoint holds the value)."""
+        return self.consumed_at is not None
 
 
 @dataclass(frozen=True)

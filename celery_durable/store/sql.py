@@ -27,6 +27,7 @@ from .records import (
     WorkflowStatus,
 )
 from .schema import LATEST_VERSION, MIGRATIONS, build_tables
+from .sql_ops import SQLOperations
 
 _ACTIVE = (WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value, WorkflowStatus.WAITING.value)
 _CLEARED_WAIT: dict[str, Any] = {
@@ -60,8 +61,8 @@ class SQLLease(Lease):
         self.finished = False  # set by finish(): the workflow will never run again
 
 
-class SQLStore(Store):
-    """Every query of the store; subclasses provide the engine and the locks."""
+class SQLStore(SQLOperations, Store):
+    """Every query of the store (the operators' ones in ``sql_ops.py``); subclasses provide the engine and the locks."""
 
     #: Whether lone statements outside executions may run on autocommit connections.
     autocommit_reads = False
@@ -276,31 +277,21 @@ class SQLStore(Store):
             "p_timeout_at": timeout_at,
             "p_trace_context": trace_context,
         }
-        # One atomic statement: no transaction needed. A conflict means the row exists for good
-        # (workflows are never deleted), so reading it afterwards is safe.
-        with self._connect() as conn:
-            row = conn.execute(self._q_create, params).first()
-            if row is not None:
-                return self._workflow(row), True
-            existing = self._select_workflow(conn, workflow_id)
-        assert existing is not None
-        return existing, False
+        # One atomic statement: no transaction needed. A conflict means the row exists (only
+        # prune() deletes workflows, and only long-finished ones), so reading it afterwards is safe.
+        while True:
+            with self._connect() as conn:
+                row = conn.execute(self._q_create, params).first()
+                if row is not None:
+                    return self._workflow(row), True
+                existing = self._select_workflow(conn, workflow_id)
+            if existing is not None:
+                return existing, False
+            # pruned between the two statements: the id is free again
 
     def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
         with self._connect() as conn:
             return self._select_workflow(conn, workflow_id)
-
-    def list_workflows(
-        self, status: WorkflowStatus | None = None, name: str | None = None, limit: int = 100
-    ) -> list[WorkflowRecord]:
-        w = self.t.workflows
-        query = sa.select(w).order_by(w.c.created_at.desc(), w.c.workflow_id.desc()).limit(limit)
-        if status is not None:
-            query = query.where(w.c.status == WorkflowStatus(status).value)
-        if name is not None:
-            query = query.where(w.c.name == name)
-        with self.engine.connect() as conn:
-            return [self._workflow(r) for r in conn.execute(query)]
 
     def list_steps(self, workflow_id: str) -> list[StepRecord]:
         s = self.t.steps
