@@ -1,5 +1,6 @@
 """Durable workflows for Celery: checkpointed steps, replay, and send/recv on a SQL store."""
 
+from .client import DurableClient
 from .config import DurableConfig
 from .errors import (
     ConfigurationError,
@@ -16,14 +17,16 @@ from .errors import (
 )
 from .handle import WorkflowHandle
 from .integration import Durable, WorkflowTask
-from .store import StepRecord, WorkflowRecord, WorkflowStatus
+from .store import MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
 
 __all__ = [
     "ConfigurationError",
     "Durable",
+    "DurableClient",
     "DurableConfig",
     "DurableError",
     "InvalidArgument",
+    "MessageRecord",
     "NonDeterministicWorkflow",
     "NotInWorkflow",
     "PayloadTooLarge",

@@ -5,18 +5,18 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import WorkflowCancelled, WorkflowNotFound
+from .errors import WorkflowCancelled
 from .serialization import decode_error
 from .store import StepRecord, WorkflowRecord, WorkflowStatus
 
 if TYPE_CHECKING:
-    from .integration import Durable
+    from .client import Client
 
 
 class WorkflowHandle:
     """A workflow by id: its status, result, steps; cancel it."""
 
-    def __init__(self, durable: Durable, workflow_id: str) -> None:
+    def __init__(self, durable: Client, workflow_id: str) -> None:
         self._durable = durable
         self.workflow_id = workflow_id
 
@@ -25,10 +25,7 @@ class WorkflowHandle:
 
     def record(self) -> WorkflowRecord:
         """Return the stored workflow row."""
-        record = self._durable.store.get_workflow(self.workflow_id)
-        if record is None:
-            raise WorkflowNotFound(f"no workflow with id {self.workflow_id!r}")
-        return record
+        return self._durable.management.get(self.workflow_id)
 
     def status(self) -> WorkflowStatus:
         """Return the current :class:`WorkflowStatus`."""
@@ -39,7 +36,7 @@ class WorkflowHandle:
         return self._durable.list_steps(self.workflow_id)
 
     def cancel(self) -> WorkflowStatus:
-        """Cancel the workflow (see :meth:`Durable.cancel`); return its status afterwards."""
+        """Cancel the workflow (see :meth:`Client.cancel`); return its status afterwards."""
         return self._durable.cancel(self.workflow_id)
 
     def result(self, timeout: float | None = None, poll_interval: float = 0.5) -> Any:

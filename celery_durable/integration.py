@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 import time
-import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
@@ -27,11 +26,11 @@ from celery.result import AsyncResult
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from . import core
+from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
-from .errors import ConfigurationError, WorkflowConflict, WorkflowNotFound
-from .handle import WorkflowHandle, decode_result
-from .serialization import get_serializer
-from .store import Dispatch, StepRecord, Store, WorkflowRecord, WorkflowStatus, open_store
+from .errors import ConfigurationError
+from .handle import WorkflowHandle
+from .store import Dispatch, Store
 
 log = logging.getLogger("celery_durable")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,8 +39,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 TICKET_KW = "__durable_ticket__"
 #: The reserved keyword argument that counts how often a delivery found the workflow busy.
 BUSY_KW = "__durable_busy__"
-DEFAULT_URL = "sqlite:///celery_durable.sqlite3"
-ENV_URL = "CELERY_DURABLE_DATABASE_URL"
+__all__ = ["DEFAULT_URL", "ENV_URL", "Durable", "WorkflowTask", "broker_publisher"]
 # Celery's control-flow signals: they pass through workflows and steps unrecorded. A soft time
 # limit is not one of them: it is recorded as the failure of the step it cut off.
 _CONTROL_FLOW = (Retry, Ignore, Reject)
@@ -68,14 +66,20 @@ class WorkflowTask(Task):
         return self.durable._start(self, tuple(args or ()), kwargs, task_id, options)
 
 
-class Durable:
+class Durable(Client):
     """Durable workflows for a Celery app.
 
     ``Durable(app)`` stores workflows in an SQLite file (``celery_durable.sqlite3`` in the
     working directory) unless ``database_url`` or the ``CELERY_DURABLE_DATABASE_URL``
     environment variable names another database. Keyword options are the fields of
-    :class:`~celery_durable.config.DurableConfig`.
+    :class:`~celery_durable.config.DurableConfig`. Everything a producer or an operator calls
+    (send, handles, listings, resume, fork, prune...) comes from :class:`~celery_durable.client.Client`.
+
+    It registers itself on *app*: :meth:`Durable.of` finds it there (``celery -A proj durable``
+    does so).
     """
+
+    passthrough = _CONTROL_FLOW
 
     def __init__(
         self,
@@ -86,13 +90,8 @@ class Durable:
         store: Store | None = None,
         **options: Any,
     ) -> None:
+        super().__init__(database_url, DurableConfig.from_options(config, options), store)
         self.app = app
-        self.config = DurableConfig.from_options(config, options)
-        self.database_url = database_url or os.environ.get(ENV_URL) or DEFAULT_URL
-        self.serializer = get_serializer(self.config.serializer)
-        self._store = store
-        self._store_lock = threading.Lock()
-        self._engine: core.Engine | None = None
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
         self._task_base = type("WorkflowTask", (WorkflowTask,), {"durable": self, "abstract": True})
@@ -102,34 +101,25 @@ class Durable:
         worker_process_init.connect(self._after_fork, weak=False)
         worker_ready.connect(self._on_worker_ready, weak=False)
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+        _REGISTRY.setdefault(app, weakref.WeakSet()).add(self)
 
-    # -- store and engine (opened lazily: importing a module with a Durable touches no database) --
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            with self._store_lock:
-                if self._store is None:
-                    store = open_store(self.database_url, self.config.table_prefix, self.config.engine_options)
-                    if self.config.auto_migrate:
-                        store.migrate()
-                    self._store = store
-        return self._store
+    @classmethod
+    def of(cls, app: Celery, table_prefix: str | None = None) -> Durable:
+        """Return the Durable created for *app* (the one with *table_prefix* when there are several).
 
-    @property
-    def engine(self) -> core.Engine:
-        if self._engine is None:
-            self._engine = core.Engine(
-                self.store,
-                self.serializer,
-                self.config,
-                self._publish,
-                passthrough=_CONTROL_FLOW,
+        Raises ``ConfigurationError`` when there is none, or several and no prefix tells them apart.
+        """
+        registered = list(_REGISTRY.get(app, ()))
+        found = [d for d in registered if table_prefix is None or d.config.table_prefix == table_prefix]
+        if not found:
+            which = f" with table prefix {table_prefix!r}" if table_prefix else ""
+            raise ConfigurationError(f"the Celery app {app.main!r} has no Durable{which}")
+        if len(found) > 1:
+            prefixes = ", ".join(sorted(d.config.table_prefix for d in found))
+            raise ConfigurationError(
+                f"the Celery app {app.main!r} has {len(found)} Durables (table prefixes {prefixes}); name one"
             )
-        return self._engine
-
-    def migrate(self) -> int:
-        """Create or upgrade the schema; return its version."""
-        return self.store.migrate()
+        return found[0]
 
     # -- decorators ---------------------------------------------------------------------------------
     @overload
@@ -208,18 +198,12 @@ class Durable:
     def _start(
         self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None, options: dict[str, Any]
     ) -> AsyncResult:
-        workflow_id = core.check_id(task_id) if task_id is not None else str(uuid.uuid4())
-        try:
-            inputs = self.serializer.dumps({"args": list(args), "kwargs": kwargs})
-        except Exception as exc:
-            raise type(exc)(f"cannot start workflow {task.name!r}: its arguments are not serializable: {exc}") from None
         queue = options.get("queue") or getattr(task, "queue", None) or self.config.queue
-        record, created = self.store.create_workflow(workflow_id, task.name, inputs, queue, time.time())
+        record, created = self.management.create(
+            task.name, args, kwargs, workflow_id=task_id, queue=queue, timeout=None, version=None, parent_id=None
+        )
+        workflow_id = record.workflow_id
         if not created:
-            if record.name != task.name:
-                raise WorkflowConflict(
-                    f"workflow id {workflow_id!r} is already used by workflow {record.name!r}, not {task.name!r}"
-                )
             return AsyncResult(workflow_id, app=self.app)
         options.setdefault("argsrepr", repr(args))
         options.setdefault("kwargsrepr", repr(kwargs))
@@ -275,94 +259,9 @@ class Durable:
         return None  # Stale or Cancelled: nothing to do, nothing to schedule
 
     def _publish(self, dispatch: Dispatch) -> None:
-        options: dict[str, Any] = {"task_id": dispatch.workflow_id, "kwargs": {TICKET_KW: dispatch.ticket}}
-        if dispatch.queue:
-            options["queue"] = dispatch.queue
-        if dispatch.countdown > 0:
-            options["countdown"] = dispatch.countdown
-        self.app.send_task(dispatch.name, **options)
+        publish_dispatch(self.app, dispatch)
 
-    # -- handles and listings -----------------------------------------------------------------------
-    def handle(self, workflow_id: str) -> WorkflowHandle:
-        """Return a handle on an existing workflow; an unknown id raises ``WorkflowNotFound``."""
-        core.check_id(workflow_id)
-        if self.store.get_workflow(workflow_id) is None:
-            raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
-        return WorkflowHandle(self, workflow_id)
-
-    def list_workflows(
-        self, status: WorkflowStatus | str | None = None, name: str | None = None, limit: int = 100
-    ) -> list[WorkflowRecord]:
-        """Return workflows, newest first, optionally only those with *status* and/or *name*."""
-        if status is not None:
-            try:
-                status = WorkflowStatus(status)
-            except ValueError:
-                raise core.InvalidArgument(
-                    f"unknown status {status!r}; use one of {', '.join(s.value for s in WorkflowStatus)}"
-                ) from None
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise core.InvalidArgument(f"limit must be a positive whole number, got {limit!r}")
-        return self.store.list_workflows(status, name, limit)
-
-    def list_steps(self, workflow_id: str) -> list[StepRecord]:
-        """Return a workflow's checkpoints: step id, name, output or error, start and end times."""
-        return self.store.list_steps(core.check_id(workflow_id))
-
-    def decode_result(self, record: WorkflowRecord) -> Any:
-        return decode_result(record, self.serializer.loads)
-
-    def cancel(self, workflow_id: str) -> WorkflowStatus:
-        """Cancel a workflow that has not finished; return its status afterwards.
-
-        A waiting or queued workflow ends at once (its queued messages go stale); a running one
-        stops at its next durable operation. Unknown ids raise ``WorkflowNotFound``.
-        """
-        record = self.store.cancel(core.check_id(workflow_id), time.time())
-        if record is None:
-            raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
-        return record.status
-
-    # -- messaging ------------------------------------------------------------------------------------
-    def send(
-        self,
-        workflow_id: str,
-        message: Any,
-        topic: str | None = None,
-        *,
-        idempotency_key: str | None = None,
-        create_mailbox: bool = False,
-    ) -> None:
-        """Send *message* to a workflow's queue for *topic* and wake it if it waits on that topic.
-
-        Anywhere: inside a workflow it is checkpointed (a replay never sends again); outside, a
-        repeated *idempotency_key* for the same destination delivers once. The message is stored
-        when this returns. ``create_mailbox=True`` accepts a workflow id that does not exist yet.
-        """
-        core.check_id(workflow_id)
-        stored_topic = core.check_topic(topic)
-        if idempotency_key is not None:
-            core.check_id(idempotency_key, "idempotency_key")
-        engine = self.engine
-        payload = engine.encode_payload(message, "message")
-        ctx = core.current_context()
-        if ctx is not None and not ctx.in_step:
-            if idempotency_key is not None:
-                raise core.InvalidArgument(
-                    "idempotency_key is for sends outside workflows; inside one, send is already exactly-once"
-                )
-            ctx.send(workflow_id, stored_topic, payload, create_mailbox)
-            return
-        result = self.store.send(
-            workflow_id,
-            stored_topic,
-            payload,
-            time.time(),
-            idempotency_key=idempotency_key,
-            create_mailbox=create_mailbox,
-        )
-        engine.publish_all(result.wakeups)
-
+    # -- messaging inside workflows (send, get_event and everything else a producer calls: Client) -----
     def recv(self, topic: str | None = None, timeout: float | None = 60, default: Any = None) -> Any:
         """Return the oldest unread message on *topic*, waiting up to *timeout* seconds; *default* on timeout.
 
@@ -389,30 +288,6 @@ class Durable:
         payload = self.engine.encode_payload(value, "event value")
         core.require_context("set_event").set_event(key, payload)
 
-    def get_event(self, workflow_id: str, key: str, timeout: float | None = 60, default: Any = None) -> Any:
-        """Return a workflow's event *key*, waiting up to *timeout* seconds for it to be set; *default* on timeout.
-
-        Inside a workflow it is checkpointed and waits without holding a worker; outside, it polls.
-        """
-        core.check_id(workflow_id)
-        core.check_id(key, "event key")
-        seconds = core.check_timeout(timeout)
-        ctx = core.current_context()
-        if ctx is not None and not ctx.in_step:
-            value = ctx.get_event(workflow_id, key, seconds)
-            return default if value is core.TIMED_OUT else value
-        deadline = None if seconds is None else time.monotonic() + seconds
-        delay = 0.01
-        while True:
-            text = self.store.get_event(workflow_id, key)
-            if text is not None:
-                return self.serializer.loads(text)
-            if deadline is not None and time.monotonic() >= deadline:
-                return default
-            pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
-            time.sleep(pause)
-            delay = min(delay * 2, 0.5)
-
     def sleep(self, seconds: float) -> None:
         """Sleep durably inside a workflow: the workflow leaves its worker and resumes after *seconds*."""
         value = core.check_timeout(seconds, "seconds")
@@ -426,19 +301,7 @@ class Durable:
         ctx = core.current_context()
         return ctx.workflow_id if ctx is not None else None
 
-    # -- recovery ----------------------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Publish every workflow that should be moving but has no live message; return how many.
-
-        Harmless on running workflows (their lock is held, so they are skipped) and on
-        duplicates (every re-publish gets a new ticket; older messages become no-ops).
-        """
-        dispatches = self.store.sweep(time.time(), self.config.horizon, self.config.recovery_grace)
-        self.engine.publish_all(dispatches)
-        if dispatches:
-            log.info("celery_durable recover: published %d workflow(s)", len(dispatches))
-        return len(dispatches)
-
+    # -- recovery (recover() itself: Client) ---------------------------------------------------------------
     def beat_schedule(self, every: float = 60.0) -> dict[str, dict[str, Any]]:
         """Entries for ``app.conf.beat_schedule``: ``app.conf.beat_schedule.update(durable.beat_schedule())``."""
         return {
@@ -469,3 +332,33 @@ class Durable:
                 log.warning("celery_durable sweep failed; will try again", exc_info=True)
             if interval is None or self._stop.wait(interval):
                 return
+
+
+# Each app's Durables, for Durable.of (the `celery durable` command finds them there).
+_REGISTRY: weakref.WeakKeyDictionary[Celery, weakref.WeakSet[Durable]] = weakref.WeakKeyDictionary()
+
+
+def publish_dispatch(app: Celery, dispatch: Dispatch, default_queue: str | None = None) -> None:
+    """Publish the workflow task message *dispatch* describes, by task name (no task object needed)."""
+    options: dict[str, Any] = {"task_id": dispatch.workflow_id, "kwargs": {TICKET_KW: dispatch.ticket}}
+    queue = dispatch.queue or default_queue
+    if queue:
+        options["queue"] = queue
+    if dispatch.countdown > 0:
+        options["countdown"] = dispatch.countdown
+    app.send_task(dispatch.name, **options)
+
+
+def broker_publisher(
+    broker_url: str | None, app: Celery | None = None, default_queue: str | None = None
+) -> Callable[[Dispatch], None]:
+    """A ``publish`` callable for :class:`~celery_durable.client.DurableClient`: through *app*, or a bare
+    Celery app on *broker_url* (``send_task`` needs only the task's name, not its code).
+
+    *default_queue* is used for workflows stored without a queue (they follow the workers' app
+    routing, which a bare app does not know).
+    """
+    if app is None:
+        app = Celery("celery_durable.client", broker=broker_url, set_as_current=False)
+        app.conf.broker_connection_retry_on_startup = True
+    return functools.partial(publish_dispatch, app, default_queue=default_queue)

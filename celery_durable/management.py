@@ -1,0 +1,328 @@
+"""Operations on workflows from outside them: start by name, send, cancel, resume, fork, listings, prune.
+
+No Celery here. :class:`Management` works on a :class:`~celery_durable.core.Engine` (its store,
+serializer, configuration, clock and ``publish`` callback), so ``Durable`` (publishing through
+its Celery app) and ``DurableClient`` (through a bare Celery app by task name, or leaving the
+work to the sweep) run the very same code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from . import core
+from .errors import InvalidArgument, WorkflowConflict, WorkflowNotFound
+from .handle import decode_result
+from .store import Dispatch, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
+
+#: A point in time: seconds since the epoch or an aware ``datetime``.
+When = float | int | datetime.datetime
+#: A length of time: seconds or a ``timedelta``.
+Duration = float | int | datetime.timedelta
+
+PRUNE_BATCH = 500
+
+
+class Management:
+    """The operations a producer or an operator calls, on an engine's store."""
+
+    def __init__(self, engine: core.Engine) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.serializer = engine.serializer
+        self.config = engine.config
+
+    # -- starting ---------------------------------------------------------------------------------------
+    def create(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        workflow_id: str | None,
+        queue: str | None,
+        timeout: float | None,
+        version: str | None,
+        parent_id: str | None,
+    ) -> tuple[WorkflowRecord, bool]:
+        """Store a new PENDING workflow (or find it: the id is an idempotency key); return it and whether it is new.
+
+        Every start goes through here; the caller publishes the first task message of a new one.
+        *timeout* fixes the workflow's own deadline at ``now + timeout``.
+        """
+        core.check_id(name, "workflow name")
+        workflow_id = core.check_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
+        seconds = core.check_timeout(timeout)
+        try:
+            inputs = self.serializer.dumps({"args": list(args), "kwargs": kwargs})
+        except Exception as exc:
+            raise type(exc)(f"cannot start workflow {name!r}: its arguments are not serializable: {exc}") from None
+        now = self.engine.clock()
+        record, created = self.store.create_workflow(
+            workflow_id,
+            name,
+            inputs,
+            queue,
+            now,
+            version=version,
+            parent_id=parent_id,
+            timeout_at=None if seconds is None else now + seconds,
+        )
+        if not created and record.name != name:
+            raise WorkflowConflict(
+                f"workflow id {workflow_id!r} is already used by workflow {record.name!r}, not {name!r}"
+            )
+        return record, created
+
+    def start(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+        version: str | None = None,
+        parent_id: str | None = None,
+    ) -> WorkflowRecord:
+        """:meth:`create`, then publish the new workflow's first message by its task name."""
+        record, created = self.create(
+            name,
+            args,
+            kwargs,
+            workflow_id=workflow_id,
+            queue=queue or self.config.queue,
+            timeout=timeout,
+            version=version,
+            parent_id=parent_id,
+        )
+        if created:
+            self.engine.publish_all([Dispatch(record.workflow_id, record.name, record.queue, record.ticket)])
+        return record
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def get(self, workflow_id: str) -> WorkflowRecord:
+        """Return the workflow's record; an unknown id raises ``WorkflowNotFound``."""
+        record = self.store.get_workflow(core.check_id(workflow_id))
+        if record is None:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
+        return record
+
+    def decode_result(self, record: WorkflowRecord) -> Any:
+        return decode_result(record, self.serializer.loads)
+
+    def list_workflows(
+        self,
+        status: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
+        name: str | None = None,
+        *,
+        created_after: When | None = None,
+        created_before: When | None = None,
+        id_prefix: str | None = None,
+        parent_id: str | None = None,
+        version: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[WorkflowRecord]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise InvalidArgument(f"limit must be a positive whole number, got {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument(f"offset must be a whole number >= 0, got {offset!r}")
+        for value, what in ((name, "name"), (id_prefix, "id_prefix"), (parent_id, "parent_id"), (version, "version")):
+            if value is not None:
+                core.check_id(value, what)
+        return self.store.list_workflows(
+            _statuses(status),
+            name,
+            created_after=_timestamp(created_after, "created_after"),
+            created_before=_timestamp(created_before, "created_before"),
+            id_prefix=id_prefix,
+            parent_id=parent_id,
+            version=version,
+            limit=limit,
+            offset=offset,
+        )
+
+    def list_steps(self, workflow_id: str) -> list[StepRecord]:
+        return self.store.list_steps(core.check_id(workflow_id))
+
+    def list_messages(self, workflow_id: str) -> list[MessageRecord]:
+        loads = self.serializer.loads
+        return [
+            MessageRecord(m.workflow_id, m.seq, m.topic, loads(m.payload), m.sent_at, m.consumed_at, m.idempotency_key)
+            for m in self.store.list_messages(core.check_id(workflow_id))
+        ]
+
+    def get_events(self, workflow_id: str) -> dict[str, Any]:
+        loads = self.serializer.loads
+        return {key: loads(value) for key, value in self.store.get_events(core.check_id(workflow_id)).items()}
+
+    def get_event(self, workflow_id: str, key: str, timeout: float | None, default: Any) -> Any:
+        core.check_id(workflow_id)
+        core.check_id(key, "event key")
+        seconds = core.check_timeout(timeout)
+        ctx = core.current_context()
+        if ctx is not None and not ctx.in_step:
+            value = ctx.get_event(workflow_id, key, seconds)
+            return default if value is core.TIMED_OUT else value
+        deadline = None if seconds is None else time.monotonic() + seconds
+        delay = 0.01
+        while True:
+            text = self.store.get_event(workflow_id, key)
+            if text is not None:
+                return self.serializer.loads(text)
+            if deadline is not None and time.monotonic() >= deadline:
+                return default
+            pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay = min(delay * 2, 0.5)
+
+    # -- messaging ----------------------------------------------------------------------------------------
+    def send(
+        self,
+        workflow_id: str,
+        message: Any,
+        topic: str | None,
+        idempotency_key: str | None,
+        create_mailbox: bool,
+    ) -> None:
+        core.check_id(workflow_id)
+        stored_topic = core.check_topic(topic)
+        if idempotency_key is not None:
+            core.check_id(idempotency_key, "idempotency_key")
+        engine = self.engine
+        payload = engine.encode_payload(message, "message")
+        ctx = core.current_context()
+        if ctx is not None and not ctx.in_step:
+            if idempotency_key is not None:
+                raise InvalidArgument(
+                    "idempotency_key is for sends outside workflows; inside one, send is already exactly-once"
+                )
+            ctx.send(workflow_id, stored_topic, payload, create_mailbox)
+            return
+        result = self.store.send(
+            workflow_id,
+            stored_topic,
+            payload,
+            engine.clock(),
+            idempotency_key=idempotency_key,
+            create_mailbox=create_mailbox,
+        )
+        engine.publish_all(result.wakeups)
+
+    # -- changing workflows ---------------------------------------------------------------------------------
+    def cancel(self, workflow_id: str) -> WorkflowStatus:
+        record = self.store.cancel(core.check_id(workflow_id), self.engine.clock())
+        if record is None:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
+        return record.status
+
+    def resume(self, workflow_id: str) -> WorkflowRecord:
+        """Put an ERROR or CANCELLED workflow back to work (see ``Durable.resume``); return its record after."""
+        record = self.get(workflow_id)
+        drop_from: int | None = None
+        if record.status == WorkflowStatus.ERROR:
+            drop_from = failed_step(record.error, self.store.list_steps(workflow_id))
+        elif record.status != WorkflowStatus.CANCELLED:
+            return record  # not finished, or finished well: nothing to resume
+        resumed, dispatch = self.store.resume(workflow_id, record.ticket, drop_from, self.engine.clock())
+        if resumed is None:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
+        if dispatch is not None:
+            self.engine.publish_all([dispatch])
+        return resumed
+
+    def fork(self, workflow_id: str, start_step: int, new_workflow_id: str | None) -> WorkflowRecord:
+        """Start a copy of a workflow that runs again from *start_step* (see ``Durable.fork``); return its record."""
+        core.check_id(workflow_id)
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+            raise InvalidArgument(f"start_step must be a whole number >= 0, got {start_step!r}")
+        new_id = core.check_id(new_workflow_id, "new_workflow_id") if new_workflow_id is not None else str(uuid.uuid4())
+        source = self.get(workflow_id)
+        record, created = self.store.fork(workflow_id, new_id, start_step, self.engine.clock(), version=source.version)
+        if record is None:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
+        if not created:
+            if record.forked_from != workflow_id or record.forked_from_step != start_step:
+                raise WorkflowConflict(
+                    f"workflow id {new_id!r} is already used (by a workflow that is not a fork of "
+                    f"{workflow_id!r} at step {start_step})"
+                )
+            return record  # the same fork asked again: the id is an idempotency key
+        self.engine.publish_all([Dispatch(record.workflow_id, record.name, record.queue, record.ticket)])
+        return record
+
+    def prune(self, older_than: Duration) -> int:
+        seconds = _seconds(older_than, "older_than")
+        return self.store.prune(self.engine.clock() - seconds, PRUNE_BATCH)
+
+    def recover(self) -> int:
+        engine = self.engine
+        dispatches = self.store.sweep(engine.clock(), self.config.horizon, self.config.recovery_grace)
+        engine.publish_all(dispatches)
+        if dispatches:
+            core.log.info("celery_durable recover: published %d workflow(s)", len(dispatches))
+        return len(dispatches)
+
+
+def failed_step(error: str | None, steps: list[StepRecord]) -> int | None:
+    """The step id whose failure ended the workflow with *error*, or ``None`` when the workflow body raised it.
+
+    It is the last step checkpoint that recorded the same error (type and message; a replayed
+    failure whose class this process did not know comes back as ``WorkflowFailed("type: message")``).
+    """
+    if error is None:
+        return None
+    wf_type, wf_message = _type_and_message(error)
+    for step in reversed(steps):
+        if step.kind != "step" or step.error is None:
+            continue
+        step_type, step_message = _type_and_message(step.error)
+        if (wf_type, wf_message) == (step_type, step_message) or wf_message == f"{step_type}: {step_message}":
+            return step.step_id
+    return None
+
+
+def _type_and_message(error: str) -> tuple[str, str]:
+    try:
+        record = json.loads(error)
+        return str(record.get("type", "")), str(record.get("message", ""))
+    except (ValueError, AttributeError):
+        return "", error
+
+
+def _statuses(status: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None) -> list[WorkflowStatus] | None:
+    if status is None:
+        return None
+    values = [status] if isinstance(status, str) else list(status)
+    try:
+        return [WorkflowStatus(s) for s in values]
+    except ValueError:
+        raise InvalidArgument(
+            f"unknown status in {status!r}; use {', '.join(s.value for s in WorkflowStatus)}"
+        ) from None
+
+
+def _timestamp(value: When | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise InvalidArgument(f"{what} must be an aware datetime (with a timezone), got {value!r}")
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(f"{what} must be a datetime or seconds since the epoch, got {value!r}")
+    return float(value)
+
+
+def _seconds(value: Duration, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise InvalidArgument(f"{what} must be a number of seconds >= 0 or a timedelta, got {value!r}")
+    return float(seconds)
