@@ -192,3 +192,43 @@ def recv_plain(topic: str | None, timeout: float) -> dict[str, Any]:
 
 
 # --- End of section: tests/e2e/test_messaging.py ------------------------------------------------
+
+
+# --- Section: tests/e2e/test_operations.py (resume, fork, the CLI and the client) -------------------
+@durable.step()
+def counted(name: str, value: Any) -> Any:
+    """Returns *value*; marks "<name>.counted" on every run."""
+    mark(f"{name}.counted", value)
+    return value
+
+
+@durable.step()
+def fixable(name: str, flag_file: str) -> str:
+    """Fails until *flag_file* exists (the fix is deployed); marks "<name>.fixable" on every run."""
+    mark(f"{name}.fixable")
+    if not os.path.exists(flag_file):
+        raise ValueError(f"{name}: not fixed yet")
+    return "fixed"
+
+
+@durable.workflow()
+def fix_me(name: str, flag_file: str) -> list[Any]:
+    """counted (step 0) -> fixable (step 1: fails until the flag file exists) -> counted (step 2)."""
+    first = counted(name, "first")
+    middle = fixable(name, flag_file)
+    return [first, middle, counted(name, "last")]
+
+
+@durable.workflow()
+def approvals(name: str, mailbox: str) -> dict[str, Any]:
+    """Step ids: 0 counted, 1 recv "approval", 2 send to *mailbox*, 3 set_event "stage", 4 counted, 5 recv "final"."""
+    first = counted(name, "first")
+    approval = durable.recv("approval", timeout=300)
+    durable.send(mailbox, {"from": name, "approval": approval}, topic="note", create_mailbox=True)
+    durable.set_event("stage", "approved")
+    second = counted(name, f"after {approval}")
+    final = durable.recv("final", timeout=300)
+    return {"first": first, "approval": approval, "second": second, "final": final, "id": durable.workflow_id}
+
+
+# --- End of section: tests/e2e/test_operations.py ---------------------------------------------------
