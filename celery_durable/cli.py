@@ -226,6 +226,8 @@ def _step_rows(client: Client, steps: Sequence[StepRecord]) -> list[list[Any]]:
     for s in steps:
         if s.error is not None:
             result = f"error: {error_summary(s.error)}"
+        elif s.kind == "send":
+            result = "sent"
         elif s.output is None and s.kind in ("recv", "event", "sleep"):
             result = "timed out" if s.kind != "sleep" else "slept"
         else:

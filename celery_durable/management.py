@@ -118,36 +118,22 @@ class Management:
         return decode_result(record, self.serializer.loads)
 
     def list_workflows(
-        self,
-        status: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
-        name: str | None = None,
-        *,
-        created_after: When | None = None,
-        created_before: When | None = None,
-        id_prefix: str | None = None,
-        parent_id: str | None = None,
-        version: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        self, status: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None, name: str | None, **filters: Any
     ) -> list[WorkflowRecord]:
+        """Check the filters of ``Client.list_workflows`` and run the query."""
+        limit, offset = filters.pop("limit", 100), filters.pop("offset", 0)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise InvalidArgument(f"limit must be a positive whole number, got {limit!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidArgument(f"offset must be a whole number >= 0, got {offset!r}")
-        for value, what in ((name, "name"), (id_prefix, "id_prefix"), (parent_id, "parent_id"), (version, "version")):
-            if value is not None:
-                core.check_id(value, what)
-        return self.store.list_workflows(
-            _statuses(status),
-            name,
-            created_after=_timestamp(created_after, "created_after"),
-            created_before=_timestamp(created_before, "created_before"),
-            id_prefix=id_prefix,
-            parent_id=parent_id,
-            version=version,
-            limit=limit,
-            offset=offset,
-        )
+        for what in ("created_after", "created_before"):
+            filters[what] = _timestamp(filters.get(what), what)
+        for what in ("id_prefix", "parent_id", "version"):
+            if filters.get(what) is not None:
+                core.check_id(filters[what], what)
+        if name is not None:
+            core.check_id(name, "name")
+        return self.store.list_workflows(_statuses(status), name, limit=limit, offset=offset, **filters)
 
     def list_steps(self, workflow_id: str) -> list[StepRecord]:
         return self.store.list_steps(core.check_id(workflow_id))

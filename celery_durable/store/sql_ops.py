@@ -99,6 +99,8 @@ class SQLOperations:
     def resume(
         self, workflow_id: str, ticket: int, drop_from: int | None, now: float
     ) -> tuple[WorkflowRecord | None, Dispatch | None]:
+        from .sql import _CLEARED_WAIT  # sql.py imports this module
+
         w, s, m = self.t.workflows, self.t.steps, self.t.messages
         with self._tx() as conn:
             # The channel lock and the row lock, as cancel() takes them: a concurrent send sees
@@ -137,14 +139,9 @@ class SQLOperations:
                     ticket=wf.ticket + 1,
                     output=None,
                     error=None,
-                    wait_kind=None,
-                    wait_target=None,
-                    wait_topics=None,
-                    wait_step=None,
-                    deadline=None,
-                    timer_due=None,
                     dispatched_at=now,
                     updated_at=now,
+                    **_CLEARED_WAIT,
                     **values,
                 )
                 .returning(*w.c)
