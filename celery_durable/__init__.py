@@ -9,10 +9,12 @@ from .errors import (
     NotInWorkflow,
     PayloadTooLarge,
     SerializationError,
+    StepAttemptLost,
     WorkflowCancelled,
     WorkflowConflict,
     WorkflowFailed,
     WorkflowNotFound,
+    WorkflowTimedOut,
 )
 from .handle import WorkflowHandle
 from .integration import Durable, WorkflowTask
@@ -28,6 +30,7 @@ __all__ = [
     "NotInWorkflow",
     "PayloadTooLarge",
     "SerializationError",
+    "StepAttemptLost",
     "StepRecord",
     "WorkflowCancelled",
     "WorkflowConflict",
@@ -37,5 +40,6 @@ __all__ = [
     "WorkflowRecord",
     "WorkflowStatus",
     "WorkflowTask",
+    "WorkflowTimedOut",
 ]
 __version__ = "0.1.0"
