@@ -6,10 +6,10 @@ returned :class:`Outcome` says what the task system must do next (nothing, retry
 or publish a timer).
 
 Replay: the workflow body runs from the top on every execution. Each durable operation
-(step call, ``recv``, ``send``, ``set_event``, ``get_event``, ``sleep``, a first
-``patched``) takes the next step id from a counter; when a checkpoint exists for that id its recorded result is
-returned (after checking that the recorded operation is the one being called), otherwise
-the operation runs and its result is written before it returns.
+(step call, ``recv``, ``send``, ``set_event``, ``get_event``, ``sleep``, a ``patched`` that
+takes the new branch) takes the next step id from a counter; when a checkpoint exists for
+that id its recorded result is returned (after checking that the recorded operation is the
+one being called), otherwise the operation runs and its result is written before it returns.
 
 Workflow deadline (``timeout_at``): it is checked before every durable operation and before
 the workflow's result is recorded, so a workflow past its deadline stops at the next step

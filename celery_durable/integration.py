@@ -194,10 +194,9 @@ class Durable:
         if self.config.queue is not None:
             options["queue"] = self.config.queue
         options.update(task_options)
-        task = self.app.task(**options)(run)
-        task.durable_timeout = timeout
-        self._register(task.name, fn)
-        return task
+        options["durable_timeout"] = timeout  # becomes an attribute of the task class, read by _start
+        self._register(task_options.get("name") or f"{fn.__module__}.{fn.__qualname__}", fn)
+        return self.app.task(**options)(run)
 
     @overload
     def step(self, fn: F) -> F: ...
@@ -233,7 +232,8 @@ class Durable:
         resets nor repeats it (see retries.py). The final error keeps its type and message and
         notes how many attempts were made.
         """
-        policy = RetryPolicy(retries, retry_interval, backoff, max_interval, retry_on)  # type: ignore[arg-type]
+        errors = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+        policy = RetryPolicy(retries, retry_interval, backoff, max_interval, errors)
         if fn is None:
             return lambda f: self._step(f, name, policy)
         return self._step(fn, name, policy)

@@ -67,12 +67,7 @@ class RetryPolicy:
             if value < least:
                 raise ConfigurationError(f"{what} must be >= {least:g}, got {value!r}")
         retry_on = self.retry_on
-        if isinstance(retry_on, type):
-            retry_on = (retry_on,)
-            object.__setattr__(self, "retry_on", retry_on)
-        if not isinstance(retry_on, tuple) or not all(
-            isinstance(t, type) and issubclass(t, Exception) for t in retry_on
-        ):
+        if not all(isinstance(t, type) and issubclass(t, Exception) for t in retry_on):
             raise ConfigurationError(f"retry_on must be an Exception class or a tuple of them, got {retry_on!r}")
 
     @property

@@ -631,8 +631,11 @@ class SQLStore(Store):
         within = now + horizon
         due = sa.or_(
             sa.and_(waiting, w.c.timer_due.is_(None), sa.or_(w.c.deadline <= within, w.c.timeout_at <= within)),
-            # Past their own deadline and not running: the sweep stops them (see _time_out).
-            sa.and_(w.c.status.in_(_ACTIVE), w.c.timeout_at <= now),
+            # Past their own deadline, queued or waiting: the sweep stops them (see _time_out). RUNNING
+            # ones are probed below with the others: only a free lock says no execution will.
+            sa.and_(
+                w.c.status.in_((WorkflowStatus.PENDING.value, WorkflowStatus.WAITING.value)), w.c.timeout_at <= now
+            ),
             sa.and_(waiting, w.c.timer_due < now - grace),
             sa.and_(
                 w.c.status == WorkflowStatus.PENDING.value,

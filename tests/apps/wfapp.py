@@ -261,7 +261,62 @@ def label(text: str) -> str:
     return f"{CODE_VERSION}:{text}"
 
 
-if CODE_VERSION == "new":
+NEW = CODE_VERSION == "new"
+
+
+@durable.workflow(name="deploy.append")
+def deploy_append(x: int) -> list[Any]:
+    a = add(x, 1)
+    message = durable.recv("go", timeout=300)
+    return [a, message, add(a, 100)] if NEW else [a, message]  # new: a step added at the end
+
+
+@durable.workflow(name="deploy.insert")
+def deploy_insert(x: int) -> int:
+    a = add(x, 1)
+    if NEW:
+        label("inserted")  # a step inserted between two that ran
+    b = add(a, 10)
+    durable.recv("go", timeout=300)
+    return b
+
+
+@durable.workflow(name="deploy.insert_patched")
+def deploy_insert_patched(x: int) -> dict[str, Any]:
+    a = add(x, 1)
+    took = None
+    if NEW:
+        took = durable.patched("label-after-first-add")
+        if took:
+            label("inserted")
+    b = add(a, 10)
+    return {"sum": b, "patched": took, "message": durable.recv("go", timeout=300)}
+
+
+@durable.workflow(name="deploy.topic")
+def deploy_topic() -> Any:
+    return durable.recv("go2" if NEW else "go", timeout=300)  # new: the topic changed
+
+
+@durable.workflow(name="deploy.topic_patched")
+def deploy_topic_patched() -> Any:
+    if NEW and durable.patched("topic-go2"):
+        return durable.recv_any(["go", "go2"], timeout=300)
+    return durable.recv("go", timeout=300)
+
+
+@durable.workflow(name="deploy.deprecate")
+def deploy_deprecate(x: int) -> int:
+    a = add(x, 1)
+    if NEW:
+        durable.deprecate_patch("add-a-thousand")  # old: patched("add-a-thousand") guarded the add
+    if NEW or durable.patched("add-a-thousand"):
+        a = add(a, 1000)
+    durable.recv("go", timeout=300)
+    return a
+
+
+if NEW:
 
     @durable.step()
     def price_v2(item: str) -> str:  # renamed from `price`: its step name changed
@@ -271,60 +326,8 @@ if CODE_VERSION == "new":
     def price_pinned(item: str) -> str:  # renamed, but keeping the old step name
         return f"price:{item}"
 
-    @durable.workflow(name="deploy.append")
-    def deploy_append(x: int) -> list[Any]:
-        a = add(x, 1)
-        message = durable.recv("go", timeout=300)
-        return [a, message, add(a, 100)]  # a step added at the end
-
-    @durable.workflow(name="deploy.insert")
-    def deploy_insert(x: int) -> int:
-        a = add(x, 1)
-        label("inserted")  # a step inserted between two that ran
-        b = add(a, 10)
-        durable.recv("go", timeout=300)
-        return b
-
-    @durable.workflow(name="deploy.insert_patched")
-    def deploy_insert_patched(x: int) -> dict[str, Any]:
-        a = add(x, 1)
-        took = durable.patched("label-after-first-add")
-        if took:
-            label("inserted")
-        b = add(a, 10)
-        return {"sum": b, "patched": took, "message": durable.recv("go", timeout=300)}
-
-    @durable.workflow(name="deploy.rename")
-    def deploy_rename(item: str) -> str:
-        p = price_v2(item)
-        durable.recv("go", timeout=300)
-        return p
-
-    @durable.workflow(name="deploy.rename_pinned")
-    def deploy_rename_pinned(item: str) -> str:
-        p = price_pinned(item)
-        durable.recv("go", timeout=300)
-        return p
-
-    @durable.workflow(name="deploy.topic")
-    def deploy_topic() -> Any:
-        return durable.recv("go2", timeout=300)
-
-    @durable.workflow(name="deploy.topic_patched")
-    def deploy_topic_patched() -> Any:
-        if durable.patched("topic-go2"):
-            return durable.recv_any(["go", "go2"], timeout=300)
-        return durable.recv("go", timeout=300)
-
-    @durable.workflow(name="deploy.deprecate")
-    def deploy_deprecate(x: int) -> int:
-        a = add(x, 1)
-        durable.deprecate_patch("add-a-thousand")
-        a = add(a, 1000)
-        durable.recv("go", timeout=300)
-        return a
-
-    # deploy.removed: no longer defined.
+    rename, pinned = price_v2, price_pinned
+    # deploy.removed is no longer defined.
 
 else:
 
@@ -332,56 +335,25 @@ else:
     def price(item: str) -> str:
         return f"price:{item}"
 
-    @durable.workflow(name="deploy.append")
-    def deploy_append(x: int) -> list[Any]:
-        a = add(x, 1)
-        message = durable.recv("go", timeout=300)
-        return [a, message]
-
-    @durable.workflow(name="deploy.insert")
-    def deploy_insert(x: int) -> int:
-        a = add(x, 1)
-        b = add(a, 10)
-        durable.recv("go", timeout=300)
-        return b
-
-    @durable.workflow(name="deploy.insert_patched")
-    def deploy_insert_patched(x: int) -> dict[str, Any]:
-        a = add(x, 1)
-        b = add(a, 10)
-        return {"sum": b, "patched": None, "message": durable.recv("go", timeout=300)}
-
-    @durable.workflow(name="deploy.rename")
-    def deploy_rename(item: str) -> str:
-        p = price(item)
-        durable.recv("go", timeout=300)
-        return p
-
-    @durable.workflow(name="deploy.rename_pinned")
-    def deploy_rename_pinned(item: str) -> str:
-        p = price(item)
-        durable.recv("go", timeout=300)
-        return p
-
-    @durable.workflow(name="deploy.topic")
-    def deploy_topic() -> Any:
-        return durable.recv("go", timeout=300)
-
-    @durable.workflow(name="deploy.topic_patched")
-    def deploy_topic_patched() -> Any:
-        return durable.recv("go", timeout=300)
-
-    @durable.workflow(name="deploy.deprecate")
-    def deploy_deprecate(x: int) -> int:
-        a = add(x, 1)
-        if durable.patched("add-a-thousand"):
-            a = add(a, 1000)
-        durable.recv("go", timeout=300)
-        return a
+    rename = pinned = price
 
     @durable.workflow(name="deploy.removed")
     def deploy_removed() -> Any:
         return durable.recv("go", timeout=300)
+
+
+@durable.workflow(name="deploy.rename")
+def deploy_rename(item: str) -> str:
+    p = rename(item)
+    durable.recv("go", timeout=300)
+    return p
+
+
+@durable.workflow(name="deploy.rename_pinned")
+def deploy_rename_pinned(item: str) -> str:
+    p = pinned(item)
+    durable.recv("go", timeout=300)
+    return p
 
 
 @durable.workflow()

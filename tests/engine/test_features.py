@@ -145,16 +145,20 @@ def test_retry_on_limits_which_errors_are_retried(engine: core.Engine) -> None:
     assert "not in retry_on" in outcome.error.__notes__[0]
 
 
+def scripted(calls: list[int], *errors: BaseException) -> Callable[[], None]:
+    """A step body whose n-th call raises ``errors[n]``."""
+
+    def run() -> None:
+        calls.append(1)
+        raise errors[len(calls) - 1]
+
+    return run
+
+
 def test_a_crash_neither_resets_nor_repeats_the_attempt(engine: core.Engine) -> None:
     calls: list[int] = []
-
-    def crashes_then_fails() -> None:
-        calls.append(1)
-        if len(calls) == 2:
-            raise Crash()
-        raise ConnectionError(f"attempt {len(calls)}")
-
-    body = one_step(crashes_then_fails, RetryPolicy(retries=2, interval=0))
+    steps = scripted(calls, ConnectionError("attempt 1"), Crash(), ConnectionError("attempt 3"))
+    body = one_step(steps, RetryPolicy(retries=2, interval=0))
     ticket = start(engine, "wf")
     with pytest.raises(Crash):
         engine.execute("wf", ticket, "body", body)  # attempt 1 fails, attempt 2 dies with its worker
@@ -167,12 +171,7 @@ def test_a_crash_neither_resets_nor_repeats_the_attempt(engine: core.Engine) -> 
 
 def test_a_lost_last_attempt_fails_the_step(engine: core.Engine) -> None:
     calls: list[int] = []
-
-    def dies() -> None:
-        calls.append(1)
-        raise Crash()
-
-    body = one_step(dies, RetryPolicy(retries=1, interval=0))
+    body = one_step(scripted(calls, Crash(), Crash()), RetryPolicy(retries=1, interval=0))
     ticket = start(engine, "wf")
     for _ in range(2):
         with pytest.raises(Crash):
