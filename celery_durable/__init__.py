@@ -10,10 +10,12 @@ from .errors import (
     NotInWorkflow,
     PayloadTooLarge,
     SerializationError,
+    StepAttemptLost,
     WorkflowCancelled,
     WorkflowConflict,
     WorkflowFailed,
     WorkflowNotFound,
+    WorkflowTimedOut,
 )
 from .handle import WorkflowHandle
 from .integration import Durable, WorkflowTask
@@ -31,6 +33,7 @@ __all__ = [
     "NotInWorkflow",
     "PayloadTooLarge",
     "SerializationError",
+    "StepAttemptLost",
     "StepRecord",
     "WorkflowCancelled",
     "WorkflowConflict",
@@ -40,5 +43,6 @@ __all__ = [
     "WorkflowRecord",
     "WorkflowStatus",
     "WorkflowTask",
+    "WorkflowTimedOut",
 ]
 __version__ = "0.1.0"

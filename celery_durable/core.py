@@ -6,10 +6,15 @@ returned :class:`Outcome` says what the task system must do next (nothing, retry
 or publish a timer).
 
 Replay: the workflow body runs from the top on every execution. Each durable operation
-(step call, ``recv``, ``send``, ``set_event``, ``get_event``, ``sleep``) takes the next
-step id from a counter; when a checkpoint exists for that id its recorded result is
-returned (after checking that the recorded operation is the one being called), otherwise
-the operation runs and its result is written before it returns.
+(step call, ``recv``, ``send``, ``set_event``, ``get_event``, ``sleep``, a ``patched`` that
+takes the new branch) takes the next step id from a counter; when a checkpoint exists for
+that id its recorded result is returned (after checking that the recorded operation is the
+one being called), otherwise the operation runs and its result is written before it returns.
+
+Workflow deadline (``timeout_at``): it is checked before every durable operation and before
+the workflow's result is recorded, so a workflow past its deadline stops at the next step
+boundary and ends CANCELLED with a :class:`~celery_durable.errors.WorkflowTimedOut` as its
+error. Waits arm their timer for the earlier of their own deadline and the workflow's.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from . import retries, versioning
 from .config import DurableConfig
 from .errors import (
     InvalidArgument,
@@ -32,10 +38,23 @@ from .errors import (
     PayloadTooLarge,
     SerializationError,
     WorkflowCancelled,
+    WorkflowTimedOut,
 )
+from .retries import NO_RETRIES, RetryPolicy
 from .serialization import Serializer, decode_error, encode_error
-from .store import Dispatch, Execution, Lease, StepRecord, Store, Suspended, WaitRequest, WorkflowStatus
+from .store import (
+    Dispatch,
+    Execution,
+    Lease,
+    StepRecord,
+    Store,
+    Suspended,
+    WaitRequest,
+    WorkflowRecord,
+    WorkflowStatus,
+)
 from .store.schema import MAX_ID_LENGTH
+from .timeouts import timed_out
 
 log = logging.getLogger("celery_durable")
 T = TypeVar("T")
@@ -59,6 +78,14 @@ class Suspend(BaseException):
 
 class _Cancelled(BaseException):
     """Unwinds a workflow body that was cancelled (a BaseException for the same reason as :class:`Suspend`)."""
+
+
+class _TimedOut(BaseException):
+    """Unwinds a workflow body whose own deadline passed (a BaseException for the same reason as :class:`Suspend`)."""
+
+    def __init__(self, error: WorkflowTimedOut) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 # -- outcomes of one execution ---------------------------------------------------------------
@@ -99,8 +126,11 @@ class Busy(Outcome):
     """Another live execution holds the workflow: try again later with the same ticket."""
 
 
+@dataclass
 class Cancelled(Outcome):
-    """The workflow was cancelled."""
+    """The workflow was cancelled; *reason* says why when it was not a user's cancel (a timeout)."""
+
+    reason: WorkflowCancelled | None = None
 
 
 _CURRENT: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar("celery_durable_ctx", default=None)
@@ -167,6 +197,7 @@ class Engine:
         *,
         passthrough: tuple[type[BaseException], ...] = (),
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.serializer = serializer
@@ -174,6 +205,7 @@ class Engine:
         self._publish = publish
         self.passthrough = passthrough
         self.clock = clock
+        self.sleep = sleep  # only for pauses of at most retries.IN_PLACE_LIMIT seconds
 
     # -- helpers shared with the public API ----------------------------------------------------
     def encode_payload(self, value: Any, what: str) -> str:
@@ -225,15 +257,17 @@ class Engine:
 
     def _execute_locked(self, lease: Lease, execution: Execution, name: str, fn: Callable[..., Any]) -> Outcome:
         record = execution.workflow
-        ctx = WorkflowContext(self, lease, record.workflow_id, execution.steps)
+        ctx = WorkflowContext(self, lease, record, execution.steps)
         token = _CURRENT.set(ctx)
         try:
             if record.name != name:
                 raise NonDeterministicWorkflow(
                     f"workflow {record.workflow_id!r} was started as {record.name!r} but this message runs {name!r}"
                 )
+            ctx.check_deadline()  # a timer armed for the workflow's deadline lands here
             inputs = self.serializer.loads(record.inputs)
             value = fn(*inputs["args"], **inputs["kwargs"])
+            ctx.check_deadline()  # no result is recorded after the deadline either
             try:
                 output = self.serializer.dumps(value)
             except SerializationError as exc:
@@ -242,6 +276,11 @@ class Engine:
                 ) from None
         except Suspend as suspend:
             return Waiting(suspend.dispatch)
+        except _TimedOut as stop:
+            # Hook: when child workflows exist, cancel this workflow's children here (and where the
+            # store's sweep times out a workflow that is not running: SQLStore._time_out).
+            log.warning("workflow %s stopped: %s", record.workflow_id, stop.error)
+            return self._finish(lease, WorkflowStatus.CANCELLED, None, encode_error(stop.error), Cancelled(stop.error))
         except (_Cancelled, WorkflowCancelled):
             return Cancelled()
         except self.passthrough as exc:
@@ -265,18 +304,32 @@ class Engine:
 
 
 class WorkflowContext:
-    """State of one execution: its lease, recorded checkpoints and the step counter."""
+    """State of one execution: its lease, recorded checkpoints and the step counter.
 
-    def __init__(self, engine: Engine, lease: Lease, workflow_id: str, steps: dict[int, StepRecord]) -> None:
+    *workflow* is the row as this execution claimed it (its deadline, the attempt counter and
+    the wait it was woken from); *patches* memoises ``patched`` answers (see versioning.py).
+    """
+
+    def __init__(self, engine: Engine, lease: Lease, workflow: WorkflowRecord, steps: dict[int, StepRecord]) -> None:
         self.engine = engine
         self.lease = lease
-        self.workflow_id = workflow_id
+        self.workflow = workflow
+        self.workflow_id = workflow.workflow_id
         self.steps = steps
         self.next_step_id = 0
         self.in_step = False
         self.store_error: BaseException | None = None
+        self.patches: dict[str, bool] = {}
+
+    def check_deadline(self) -> None:
+        """Stop the workflow (``_TimedOut``) when its own deadline has passed."""
+        timeout_at = self.workflow.timeout_at
+        if timeout_at is not None and self.engine.clock() >= timeout_at:
+            raise _TimedOut(timed_out(self.workflow_id, timeout_at))
 
     def _take_id(self) -> int:
+        # Every durable operation starts here: the step boundary where a passed deadline stops the workflow.
+        self.check_deadline()
         step_id = self.next_step_id
         self.next_step_id += 1
         return step_id
@@ -284,9 +337,10 @@ class WorkflowContext:
     def _replayed(self, step_id: int, name: str, kind: str) -> StepRecord | None:
         recorded = self.steps.get(step_id)
         if recorded is not None and (recorded.name != name or recorded.kind != kind):
+            hint = versioning.misplaced_hint(recorded)
             raise NonDeterministicWorkflow(
                 f"workflow {self.workflow_id!r} is not deterministic: step {step_id} was recorded as "
-                f"{recorded.kind} {recorded.name!r} but the code now calls {kind} {name!r}"
+                f"{recorded.kind} {recorded.name!r} but the code now calls {kind} {name!r}{hint}"
             )
         return recorded
 
@@ -312,9 +366,7 @@ class WorkflowContext:
         fn: Callable[..., T],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        attempts: int,
-        interval: float,
-        backoff: float,
+        policy: RetryPolicy = NO_RETRIES,
     ) -> T:
         step_id = self._take_id()
         recorded = self._replayed(step_id, name, "step")
@@ -322,26 +374,24 @@ class WorkflowContext:
             return self._output(recorded)
         engine = self.engine
         started = engine.clock()
-        self.in_step = True
-        try:
-            for attempt in range(1, attempts + 1):
-                try:
-                    value = fn(*args, **kwargs)
-                    break
-                except engine.passthrough:
-                    raise
-                except Exception as exc:
-                    if attempt == attempts:
-                        error = encode_error(exc)
-                        failed = StepRecord(
-                            self.workflow_id, step_id, name, "step", None, error, None, started, engine.clock()
-                        )
-                        self._store(functools.partial(engine.store.record_step, self.lease, failed))
-                        raise
-                    log.info("step %s of %s failed (attempt %d/%d): %r", name, self.workflow_id, attempt, attempts, exc)
-                    time.sleep(interval * backoff ** (attempt - 1))
-        finally:
-            self.in_step = False
+
+        def call() -> T:
+            self.in_step = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.in_step = False
+
+        if policy.retries:
+            value = retries.run_attempts(self, step_id, name, call, policy, started)
+        else:
+            try:
+                value = call()
+            except engine.passthrough:
+                raise
+            except Exception as exc:
+                self.fail_step(step_id, name, exc, started)
+                raise
         try:
             output = engine.serializer.dumps(value)
         except SerializationError as exc:
@@ -350,6 +400,35 @@ class WorkflowContext:
         stored = self._store(lambda: engine.store.record_step(self.lease, step))
         # Whoever wrote first wins: return the stored output, not ours, if they differ.
         return value if stored is step else self._output(stored)
+
+    def fail_step(self, step_id: int, name: str, exc: BaseException, started: float) -> BaseException:
+        """Record *exc* as step *step_id*'s outcome (a replay raises it again); return it."""
+        engine = self.engine
+        failed = StepRecord(
+            self.workflow_id, step_id, name, "step", None, encode_error(exc), None, started, engine.clock()
+        )
+        self._store(functools.partial(engine.store.record_step, self.lease, failed))
+        return exc
+
+    def start_attempt(self, step_id: int, attempt: int) -> None:
+        """Write that *attempt* of step *step_id* starts now, before it runs (see retries.py)."""
+        self.check_deadline()  # each attempt is a step boundary too
+        engine = self.engine
+        self._store(lambda: engine.store.start_attempt(self.lease, step_id, attempt, engine.clock()))
+
+    def pause_until(self, step_id: int, name: str, until: float) -> None:
+        """Wait until *until* before the next attempt of step *step_id*: sleep in place for at most
+        ``retries.IN_PLACE_LIMIT`` seconds, otherwise record the wait and leave the worker (Suspend)."""
+        engine = self.engine
+        now = engine.clock()
+        if until - now <= retries.IN_PLACE_LIMIT:
+            if until > now:
+                engine.sleep(until - now)
+            return
+        result = self._store(
+            lambda: engine.store.wait_retry(self.lease, step_id, name, until, now, engine.config.horizon)
+        )
+        raise Suspend(result.dispatch)
 
     def _wait(
         self, name: str, kind: str, topics: tuple[str, ...], target: str | None, timeout: float | None
@@ -380,6 +459,20 @@ class WorkflowContext:
 
     def sleep(self, seconds: float) -> None:
         self._wait("sleep", "sleep", (), None, seconds)
+
+    def patched(self, patch: str) -> bool:
+        return versioning.patched(self, patch, _op_name("patch", patch))
+
+    def deprecate_patch(self, patch: str) -> None:
+        versioning.deprecate_patch(self, patch, _op_name("patch", patch))
+
+    def record_marker(self, name: str, kind: str) -> None:
+        """Take the next step id for a checkpoint that only marks a decision (a patch taken)."""
+        step_id = self._take_id()
+        engine = self.engine
+        now = engine.clock()
+        marker = StepRecord(self.workflow_id, step_id, name, kind, "null", None, None, now, now)
+        self._store(lambda: engine.store.record_step(self.lease, marker))
 
     def send(self, destination: str, topic: str, payload: str, create_mailbox: bool) -> None:
         step_id = self._take_id()

@@ -57,6 +57,24 @@ class WorkflowCancelled(DurableError):
     """Raised when a workflow was cancelled."""
 
 
+class WorkflowTimedOut(WorkflowCancelled):
+    """Raised by ``result()`` when a workflow was stopped because its own deadline (``timeout=``) passed.
+
+    ``deadline`` is that deadline (seconds since the epoch) when known.
+    """
+
+    def __init__(self, message: str | None = None, *, deadline: float | None = None) -> None:
+        super().__init__(message)
+        self.deadline = deadline
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_timed_out, (str(self), self.deadline))
+
+
+class StepAttemptLost(DurableError):
+    """Raised when the last allowed attempt of a step with retries never finished (its worker was lost)."""
+
+
 class WorkflowFailed(DurableError):
     """Raised by ``result()`` when the workflow ended in ERROR.
 
@@ -79,6 +97,10 @@ class WorkflowFailed(DurableError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_failed, (str(self), self.error_type, self.error_message, self.remote_traceback))
+
+
+def _rebuild_timed_out(message: str, deadline: float | None) -> WorkflowTimedOut:
+    return WorkflowTimedOut(message, deadline=deadline)
 
 
 def _rebuild_failed(message: str, error_type: str, error_message: str, tb: str) -> WorkflowFailed:

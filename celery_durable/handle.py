@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import WorkflowCancelled
+from .errors import WorkflowCancelled, WorkflowTimedOut
 from .serialization import decode_error
 from .store import StepRecord, WorkflowRecord, WorkflowStatus
 
@@ -44,7 +44,8 @@ class WorkflowHandle:
 
         Re-raises the workflow's error (the same type when this process knows it, else
         :class:`~celery_durable.errors.WorkflowFailed`), raises
-        :class:`~celery_durable.errors.WorkflowCancelled` for a cancelled one, and the builtin
+        :class:`~celery_durable.errors.WorkflowCancelled` for a cancelled one
+        (:class:`~celery_durable.errors.WorkflowTimedOut` when its deadline stopped it), and the builtin
         ``TimeoutError`` when it has not finished within *timeout* seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -69,6 +70,11 @@ def decode_result(record: WorkflowRecord, loads: Any) -> Any:
     if record.status == WorkflowStatus.SUCCESS:
         return loads(record.output) if record.output is not None else None
     if record.status == WorkflowStatus.CANCELLED:
-        raise WorkflowCancelled(f"workflow {record.workflow_id!r} was cancelled")
+        if record.error is None:  # a cancel says nothing more; a timeout stores why (timeouts.py)
+            raise WorkflowCancelled(f"workflow {record.workflow_id!r} was cancelled")
+        exc = decode_error(record.error)
+        if isinstance(exc, WorkflowTimedOut):
+            exc.deadline = record.timeout_at
+        raise exc
     assert record.error is not None
     raise decode_error(record.error)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
@@ -25,11 +24,12 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from . import core
+from . import core, versioning
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
 from .errors import ConfigurationError
 from .handle import WorkflowHandle
+from .retries import RetryPolicy
 from .store import Dispatch, Store
 
 log = logging.getLogger("celery_durable")
@@ -52,10 +52,19 @@ class WorkflowTask(Task):
     durable: Durable
     typing = False  # the message carries only the ticket; inputs come from the store
 
-    def start(self, *args: Any, workflow_id: str | None = None, **kwargs: Any) -> WorkflowHandle:
-        """Start the workflow (or find it: the id is an idempotency key) and return its handle."""
-        result = self.apply_async(args, kwargs, task_id=workflow_id)
-        return WorkflowHandle(self.durable, result.id)  # it exists: apply_async just stored or found it
+    #: Seconds from start after which the workflow is stopped (``@durable.workflow(timeout=...)``).
+    durable_timeout: float | None = None
+
+    def start(
+        self, *args: Any, workflow_id: str | None = None, timeout: float | None = None, **kwargs: Any
+    ) -> WorkflowHandle:
+        """Start the workflow (or find it: the id is an idempotency key) and return its handle.
+
+        *timeout* (seconds, default the workflow's own ``timeout``) fixes its deadline now: once it
+        passes, the workflow stops and ends CANCELLED (``result()`` raises ``WorkflowTimedOut``).
+        """
+        result = self.durable._start(self, args, kwargs, workflow_id, {}, timeout=timeout)
+        return WorkflowHandle(self.durable, result.id)  # it exists: _start just stored or found it
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
@@ -88,10 +97,15 @@ class Durable(Client):
         *,
         config: DurableConfig | None = None,
         store: Store | None = None,
+        version: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(database_url, DurableConfig.from_options(config, options), store)
         self.app = app
+        # The code version each workflow records; see `version`.
+        self._explicit_version = version
+        self._version: str | None = None
+        self._functions: list[tuple[str, Callable[..., Any]]] = []
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
         self._task_base = type("WorkflowTask", (WorkflowTask,), {"durable": self, "abstract": True})
@@ -121,6 +135,22 @@ class Durable(Client):
             )
         return found[0]
 
+    @property
+    def version(self) -> str:
+        """The version of the workflow code, recorded by each workflow this process starts.
+
+        ``Durable(app, version=...)`` if given, else ``$CELERY_DURABLE_VERSION``, else a hash of the
+        source of every registered workflow and step function, computed at first use (after the
+        decorators ran) and again after any later registration.
+        """
+        if self._version is None:
+            self._version = versioning.resolve_version(self._explicit_version, list(self._functions))
+        return self._version
+
+    def _register(self, name: str, fn: Callable[..., Any]) -> None:
+        self._functions.append((name, fn))
+        self._version = None  # hashed again at next use
+
     # -- decorators ---------------------------------------------------------------------------------
     @overload
     def workflow(self, fn: F) -> Any: ...
@@ -129,10 +159,13 @@ class Durable(Client):
     def workflow(self, fn: F | None = None, **task_options: Any) -> Any:
         """Make a function a durable workflow: a Celery task whose steps are checkpointed.
 
-        Celery task options (``name=``, ``queue=``, ``priority=``, ...) pass through.
+        ``timeout=`` (seconds) is the default deadline of each workflow, counted from its start
+        (``start(..., timeout=)`` overrides it). Celery task options (``name=``, ``queue=``,
+        ``priority=``, ...) pass through.
         """
         if fn is None:
             return lambda f: self.workflow(f, **task_options)
+        timeout = core.check_timeout(task_options.pop("timeout", None))
         durable = self
 
         @functools.wraps(fn)
@@ -150,6 +183,8 @@ class Durable(Client):
         if self.config.queue is not None:
             options["queue"] = self.config.queue
         options.update(task_options)
+        options["durable_timeout"] = timeout  # becomes an attribute of the task class, read by _start
+        self._register(task_options.get("name") or f"{fn.__module__}.{fn.__qualname__}", fn)
         return self.app.task(**options)(run)
 
     @overload
@@ -163,6 +198,8 @@ class Durable(Client):
         retries: int = 0,
         retry_interval: float = 1.0,
         backoff: float = 2.0,
+        max_interval: float = 3600.0,
+        retry_on: type[Exception] | tuple[type[Exception], ...] = (Exception,),
     ) -> Callable[[F], F]: ...
     def step(
         self,
@@ -172,16 +209,25 @@ class Durable(Client):
         retries: int = 0,
         retry_interval: float = 1.0,
         backoff: float = 2.0,
+        max_interval: float = 3600.0,
+        retry_on: type[Exception] | tuple[type[Exception], ...] = (Exception,),
     ) -> Any:
         """Make a function a checkpointed step. Outside a workflow it runs as a plain function.
 
         A step is at-least-once: one cut off by a crash runs again; one that finished never does.
-        ``retries`` reruns a raising step in place, ``retry_interval * backoff**n`` seconds apart.
+        ``retries=N`` allows N more attempts when it raises one of ``retry_on``, the n-th pause
+        ``min(retry_interval * backoff**(n-1), max_interval)`` seconds. Pauses over one second
+        leave the worker like a ``recv`` wait, and the attempt count is stored, so a crash neither
+        resets nor repeats it (see retries.py). The final error keeps its type and message and
+        notes how many attempts were made.
         """
+        errors = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+        policy = RetryPolicy(retries, retry_interval, backoff, max_interval, errors)
         if fn is None:
-            return lambda f: self.step(f, name=name, retries=retries, retry_interval=retry_interval, backoff=backoff)
-        if not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"retries must be a whole number >= 0, got {retries!r}")
+            return lambda f: self._step(f, name, policy)
+        return self._step(fn, name, policy)
+
+    def _step(self, fn: F, name: str | None, policy: RetryPolicy) -> F:
         step_name = core.check_id(name or f"{fn.__module__}.{fn.__qualname__}", "step name")
 
         @functools.wraps(fn)
@@ -189,18 +235,33 @@ class Durable(Client):
             ctx = core.current_context()
             if ctx is None or ctx.in_step:
                 return fn(*args, **kwargs)
-            return ctx.run_step(step_name, fn, args, kwargs, retries + 1, retry_interval, backoff)
+            return ctx.run_step(step_name, fn, args, kwargs, policy)
 
         wrapper.step_name = step_name  # type: ignore[attr-defined]
-        return wrapper
+        self._register(step_name, fn)
+        return wrapper  # type: ignore[return-value]
 
     # -- starting and running -------------------------------------------------------------------------
     def _start(
-        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None, options: dict[str, Any]
+        self,
+        task: Task,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str | None,
+        options: dict[str, Any],
+        *,
+        timeout: float | None = None,
     ) -> AsyncResult:
         queue = options.get("queue") or getattr(task, "queue", None) or self.config.queue
         record, created = self.management.create(
-            task.name, args, kwargs, workflow_id=task_id, queue=queue, timeout=None, version=None, parent_id=None
+            task.name,
+            args,
+            kwargs,
+            workflow_id=task_id,
+            queue=queue,
+            timeout=timeout if timeout is not None else getattr(task, "durable_timeout", None),
+            version=self.version,
+            parent_id=None,
         )
         workflow_id = record.workflow_id
         if not created:
@@ -226,8 +287,16 @@ class Durable(Client):
         workflow_id = task.request.id
         if ticket is None:
             # A message sent without our apply_async (app.send_task by name, a canvas): start from it.
-            inputs = self.serializer.dumps({"args": list(args), "kwargs": kwargs})
-            record, created = self.store.create_workflow(workflow_id, task.name, inputs, None, time.time())
+            record, created = self.management.create(
+                task.name,
+                args,
+                kwargs,
+                workflow_id=workflow_id,
+                queue=None,
+                timeout=getattr(task, "durable_timeout", None),
+                version=self.version,
+                parent_id=None,
+            )
             if not created:
                 return None
             ticket = record.ticket
@@ -294,6 +363,23 @@ class Durable(Client):
         if value is None:
             raise core.InvalidArgument("sleep needs a number of seconds")
         core.require_context("sleep").sleep(value)
+
+    def patched(self, patch: str) -> bool:
+        """Whether this workflow takes the branch added by change *patch* (only inside a workflow).
+
+        True for a workflow that reaches this point running the new code, False when replaying a
+        history recorded before the patch existed; see versioning.py and docs/changing-workflow-code.md.
+        """
+        core.check_id(patch, "patch name")
+        return core.require_context("patched").patched(patch)
+
+    def deprecate_patch(self, patch: str) -> None:
+        """Stand where ``patched(patch)`` was once every workflow that predates the patch finished.
+
+        Histories that recorded the patch still replay; new ones record nothing here.
+        """
+        core.check_id(patch, "patch name")
+        core.require_context("deprecate_patch").deprecate_patch(patch)
 
     @property
     def workflow_id(self) -> str | None:

@@ -74,7 +74,7 @@ def get_serializer(name: str | Serializer) -> Serializer:
 
 
 def encode_error(exc: BaseException) -> str:
-    """Describe *exc* as JSON text: its type path, message, JSON-able args and traceback text."""
+    """Describe *exc* as JSON text: its type path, message, JSON-able args, notes and traceback text."""
     try:
         args = json.loads(json.dumps(list(exc.args), allow_nan=False))
     except (TypeError, ValueError):
@@ -83,6 +83,8 @@ def encode_error(exc: BaseException) -> str:
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
         "message": str(exc),
         "args": args,
+        # Notes say what the engine added (such as how many attempts a step made); they come back on decode.
+        "notes": [str(note) for note in getattr(exc, "__notes__", ())],
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     }
     return json.dumps(record)
@@ -100,6 +102,7 @@ def decode_error(text: str) -> BaseException:
     type_path: str = record.get("type", "")
     message: str = record.get("message", "")
     tb: str = record.get("traceback", "")
+    notes: list[str] = list(record.get("notes") or ())
     cls = _find_exception_class(type_path)
     if cls is not None and record.get("args") is not None:
         try:
@@ -107,9 +110,11 @@ def decode_error(text: str) -> BaseException:
         except Exception:
             exc = None
         if exc is not None:
-            exc.__notes__ = [f"Raised in a durable workflow; original traceback:\n{tb}"]
+            exc.__notes__ = [*notes, f"Raised in a durable workflow; original traceback:\n{tb}"]
             return exc
-    return WorkflowFailed(f"{type_path}: {message}", error_type=type_path, error_message=message, remote_traceback=tb)
+    failed = WorkflowFailed(f"{type_path}: {message}", error_type=type_path, error_message=message, remote_traceback=tb)
+    failed.__notes__ = notes
+    return failed
 
 
 def _find_exception_class(type_path: str) -> type[BaseException] | None:

@@ -17,6 +17,9 @@ Invariants every implementation keeps:
 * **No lost wake-up.** Recording a wait (:meth:`Store.wait_step`) and storing a message
   (:meth:`Store.send`) both lock the destination's workflow row, so they are serialised:
   either the wait sees the message, or the send sees the wait and wakes it.
+* **Wake-up times.** A waiting workflow's timer is armed for the earlier of its wait's
+  ``deadline`` and the workflow's own ``timeout_at``, so a workflow past its deadline is woken
+  (and stopped) even while it waits for something else.
 """
 
 from __future__ import annotations
@@ -169,13 +172,35 @@ class Store(abc.ABC):
         afterwards. A matching message (oldest by sequence number) is consumed and becomes the
         checkpoint; an event that is set becomes the checkpoint; a passed deadline writes a
         timed-out checkpoint (``output`` ``None``). Otherwise the workflow becomes WAITING, its
-        ticket is bumped, and :class:`Suspended` says which timer (if any) to publish.
-        Raises ``WorkflowCancelled`` when the workflow was cancelled.
+        ticket is bumped, and :class:`Suspended` says which timer (if any) to publish: one due
+        at the earlier of the deadline and the workflow's ``timeout_at``, when that is within
+        the horizon. Raises ``WorkflowCancelled`` when the workflow was cancelled.
+        """
+
+    @abc.abstractmethod
+    def start_attempt(self, lease: Lease, step_id: int, attempt: int, now: float) -> None:
+        """Record that *attempt* (1-based) of step *step_id* starts, before it runs (durable step retries).
+
+        Sets ``attempt_step``/``attempts`` and clears the wait the workflow was woken from, in one
+        write. Raises ``WorkflowCancelled`` (writing nothing) when the workflow was cancelled.
+        """
+
+    @abc.abstractmethod
+    def wait_retry(self, lease: Lease, step_id: int, name: str, until: float, now: float, horizon: float) -> Suspended:
+        """Record that step *step_id* (called *name*) waits until *until* before its next attempt.
+
+        Like a ``sleep`` wait: the workflow becomes WAITING with wait kind ``"retry"`` and deadline
+        *until*, its ticket is bumped, nothing but its timer wakes it, and the sweep arms and
+        re-arms that timer as for any wait. No checkpoint is written. Raises
+        ``WorkflowCancelled`` when the workflow was cancelled.
         """
 
     @abc.abstractmethod
     def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
-        """Record the end of the workflow (SUCCESS or ERROR) unless it was cancelled meanwhile.
+        """Record the end of the workflow unless it was cancelled meanwhile.
+
+        *status* is SUCCESS (with *output*), ERROR (with *error*) or CANCELLED (with *error*
+        saying why, such as an encoded ``WorkflowTimedOut``).
 
         It is the last write of an execution: a backend may release the lock with it, after the
         row is updated (:meth:`release` must still be called, and then only returns the connection).
@@ -277,10 +302,15 @@ class Store(abc.ABC):
     def sweep(self, now: float, horizon: float, grace: float, limit: int = 500) -> list[Dispatch]:
         """Find workflows that should be moving but have no live task message, and claim them.
 
-        * WAITING with an unarmed deadline within *horizon*: arm a timer (countdown to the deadline).
+        * WAITING with an unarmed deadline or ``timeout_at`` within *horizon*: arm a timer
+          (countdown to the earlier of the two).
         * WAITING whose timer is overdue by more than *grace*: the timer was lost; run it now.
         * PENDING dispatched more than *grace* ago: the message was lost (or is stuck); dispatch again.
         * RUNNING whose execution lock is free: its worker died; dispatch again.
+
+        * PENDING, WAITING, or RUNNING with a free lock, whose own ``timeout_at`` has passed: no
+          execution can stop it, so the sweep does: it becomes CANCELLED, its ``error`` an encoded
+          ``WorkflowTimedOut``, its ticket bumped (queued messages go stale). Nothing is dispatched.
 
         A workflow whose lock is held is never touched, so sweeping a running workflow is harmless.
         """

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import DurableError, WorkflowCancelled, WorkflowNotFound
+from ..timeouts import earliest, timed_out_error
 from .base import Lease, Store
 from .records import (
     Dispatch,
@@ -445,25 +446,70 @@ class SQLStore(SQLOperations, Store):
                     raise DurableError(f"step {request.step_id} of workflow {wid!r} was already recorded")
                 conn.execute(w.update().where(w.c.workflow_id == wid).values(updated_at=now, **_CLEARED_WAIT))
                 return step
-            armed = deadline is not None and deadline - now <= request.horizon
-            ticket = self._bump(
-                conn,
-                wf,
-                now,
-                status=WorkflowStatus.WAITING.value,
-                wait_kind=request.kind,
-                wait_target=request.target if request.kind == "event" else wid,
-                wait_topics=json.dumps(list(request.topics)),
-                wait_step=request.step_id,
-                deadline=deadline,
-                timer_due=deadline if armed else None,
-                dispatched_at=None,
+            target = request.target if request.kind == "event" else wid
+            return self._suspend(
+                conn, wf, request.kind, target, request.topics, request.step_id, deadline, now, request.horizon
             )
-            assert ticket is not None  # we hold the execution lock and the row lock
-            if not armed:
-                return Suspended(None)
-            assert deadline is not None
-            return Suspended(Dispatch(wid, wf.name, wf.queue, ticket, max(0.0, deadline - now)))
+
+    def _suspend(
+        self,
+        conn: sa.Connection,
+        wf: WorkflowRecord,
+        kind: str,
+        target: str | None,
+        topics: tuple[str, ...],
+        step_id: int,
+        deadline: float | None,
+        now: float,
+        horizon: float,
+    ) -> Suspended:
+        """Record that *wf* (RUNNING, its row locked by the caller) now waits; return the timer to publish, if any.
+
+        The timer is due at the earlier of the wait's deadline and the workflow's own deadline.
+        """
+        wake = earliest(deadline, wf.timeout_at)
+        armed = wake is not None and wake - now <= horizon
+        ticket = self._bump(
+            conn,
+            wf,
+            now,
+            status=WorkflowStatus.WAITING.value,
+            wait_kind=kind,
+            wait_target=target,
+            wait_topics=json.dumps(list(topics)),
+            wait_step=step_id,
+            deadline=deadline,
+            timer_due=wake if armed else None,
+            dispatched_at=None,
+        )
+        assert ticket is not None  # we hold the execution lock and the row lock
+        if not armed:
+            return Suspended(None)
+        assert wake is not None
+        return Suspended(Dispatch(wf.workflow_id, wf.name, wf.queue, ticket, max(0.0, wake - now)))
+
+    def start_attempt(self, lease: Lease, step_id: int, attempt: int, now: float) -> None:
+        w = self.t.workflows
+        with self._single(lease) as conn:
+            updated = conn.execute(
+                w.update()
+                .where(w.c.workflow_id == lease.workflow_id, w.c.status == WorkflowStatus.RUNNING.value)
+                .values(attempt_step=step_id, attempts=attempt, updated_at=now, **_CLEARED_WAIT)
+                .returning(w.c.workflow_id)  # rowcount is unreliable on some drivers for UPDATE ... RETURNING
+            ).first()
+            if updated is None:
+                self._raise_if_cancelled(conn, lease.workflow_id)
+
+    def wait_retry(self, lease: Lease, step_id: int, name: str, until: float, now: float, horizon: float) -> Suspended:
+        wid = lease.workflow_id
+        with self._tx(lease) as conn:
+            # The same channel lock as a recv's wait: a send to this workflow then sees a consistent row.
+            self._lock_channel(conn, "m", wid)
+            wf = self._select_workflow(conn, wid, for_update=True)
+            if wf is None or wf.status != WorkflowStatus.RUNNING:
+                self._raise_if_cancelled(conn, wid)
+            assert wf is not None
+            return self._suspend(conn, wf, "retry", wid, (name,), step_id, until, now, horizon)
 
     def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
         params = {
@@ -573,8 +619,14 @@ class SQLStore(SQLOperations, Store):
     def sweep(self, now: float, horizon: float, grace: float, limit: int = 500) -> list[Dispatch]:
         w = self.t.workflows
         waiting = w.c.status == WorkflowStatus.WAITING.value
+        within = now + horizon
         due = sa.or_(
-            sa.and_(waiting, w.c.timer_due.is_(None), w.c.deadline.is_not(None), w.c.deadline <= now + horizon),
+            sa.and_(waiting, w.c.timer_due.is_(None), sa.or_(w.c.deadline <= within, w.c.timeout_at <= within)),
+            # Past their own deadline, queued or waiting: the sweep stops them (see _time_out). RUNNING
+            # ones are probed below with the others: only a free lock says no execution will.
+            sa.and_(
+                w.c.status.in_((WorkflowStatus.PENDING.value, WorkflowStatus.WAITING.value)), w.c.timeout_at <= now
+            ),
             sa.and_(waiting, w.c.timer_due < now - grace),
             sa.and_(
                 w.c.status == WorkflowStatus.PENDING.value,
@@ -611,11 +663,15 @@ class SQLStore(SQLOperations, Store):
             wf = self._select_workflow(conn, lease.workflow_id, for_update=True)
             if wf is None:
                 return None
+            if wf.timeout_at is not None and wf.timeout_at <= now and not wf.status.is_terminal:
+                self._time_out(conn, wf, now)
+                return None
             pending = {"status": WorkflowStatus.PENDING.value, "timer_due": None, "dispatched_at": now}
+            wake = earliest(wf.deadline, wf.timeout_at)
             if wf.status == WorkflowStatus.WAITING:
-                if wf.timer_due is None and wf.deadline is not None and wf.deadline <= now + horizon:
-                    ticket = self._bump(conn, wf, now, timer_due=wf.deadline)
-                    countdown = max(0.0, wf.deadline - now)
+                if wf.timer_due is None and wake is not None and wake <= now + horizon:
+                    ticket = self._bump(conn, wf, now, timer_due=wake)
+                    countdown = max(0.0, wake - now)
                 elif wf.timer_due is not None and wf.timer_due < now - grace:
                     ticket, countdown = self._bump(conn, wf, now, **pending), 0.0
                 else:
@@ -632,6 +688,23 @@ class SQLStore(SQLOperations, Store):
             if ticket is None:
                 return None
             return Dispatch(wf.workflow_id, wf.name, wf.queue, ticket, countdown)
+
+    def _time_out(self, conn: sa.Connection, wf: WorkflowRecord, now: float) -> None:
+        """Stop *wf*, whose own deadline passed while no execution ran it (we hold its execution lock).
+
+        The engine does the same for a running workflow at its next step boundary (core._TimedOut).
+        Hook: when child workflows exist, cancel this workflow's children here too.
+        """
+        assert wf.timeout_at is not None
+        self._bump(
+            conn,
+            wf,
+            now,
+            status=WorkflowStatus.CANCELLED.value,
+            error=timed_out_error(wf.workflow_id, wf.timeout_at),
+            dispatched_at=None,
+            **_CLEARED_WAIT,
+        )
 
     def waiting_count(self) -> int:
         w = self.t.workflows

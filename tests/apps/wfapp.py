@@ -232,3 +232,175 @@ def approvals(name: str, mailbox: str) -> dict[str, Any]:
 
 
 # --- End of section: tests/e2e/test_operations.py ---------------------------------------------------
+
+
+# --- Section: workflow features (tests/e2e/test_features.py): durable retries, timeouts, deploys ----------
+def _count(name: str) -> int:
+    path = os.path.join(COUNTER_DIR, name)
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return len(f.read().splitlines())
+
+
+@durable.step(retries=3, retry_interval=2.0, backoff=3.0, max_interval=5.0, retry_on=(ConnectionError,))
+def attempt_until_fourth(name: str, hold_on: int, flag_file: str) -> int:
+    """Marks "<name>.attempt" at each attempt; attempts 1-3 fail, the 4th returns its number.
+
+    Attempt *hold_on* first holds until *flag_file* exists (up to 60 s): a test kills the worker there.
+    The pauses after attempts 1, 2, 3 are 2, 5 and 5 s: each leaves the worker.
+    """
+    mark(f"{name}.attempt")
+    attempt = _count(f"{name}.attempt")
+    if attempt == hold_on:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(flag_file) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if attempt < 4:
+        raise ConnectionError(f"attempt {attempt} failed")
+    return attempt
+
+
+@durable.step(retries=1, retry_interval=3600.0)
+def fail_then_wait_an_hour(name: str) -> str:
+    mark(f"{name}.attempt")
+    if _count(f"{name}.attempt") == 1:
+        raise ConnectionError("first attempt fails; the next one is an hour away")
+    return "second attempt"
+
+
+@durable.workflow()
+def durable_retries(name: str, hold_on: int, flag_file: str) -> int:
+    return attempt_until_fourth(name, hold_on, flag_file)
+
+
+@durable.workflow()
+def long_backoff(name: str) -> str:
+    return fail_then_wait_an_hour(name)
+
+
+@durable.workflow()
+def two_slow_steps(first: float, second: float) -> list[str]:
+    return [slow_step("timed.first", first), slow_step("timed.second", second)]
+
+
+@durable.workflow(timeout=2.0)
+def waits_past_its_default_timeout() -> Any:
+    return durable.recv("never", timeout=None)
+
+
+# Deploying new code: a worker started with CD_CODE_VERSION=old runs these until they wait in recv("go");
+# a worker started with CD_CODE_VERSION=new finishes them. Each case of docs/changing-workflow-code.md.
+CODE_VERSION = os.environ.get("CD_CODE_VERSION", "old")
+
+
+@durable.step()
+def label(text: str) -> str:
+    """A step whose behaviour depends on the code version: a changed step body."""
+    mark("label", text)
+    return f"{CODE_VERSION}:{text}"
+
+
+NEW = CODE_VERSION == "new"
+
+
+@durable.workflow(name="deploy.append")
+def deploy_append(x: int) -> list[Any]:
+    a = add(x, 1)
+    message = durable.recv("go", timeout=300)
+    return [a, message, add(a, 100)] if NEW else [a, message]  # new: a step added at the end
+
+
+@durable.workflow(name="deploy.insert")
+def deploy_insert(x: int) -> int:
+    a = add(x, 1)
+    if NEW:
+        label("inserted")  # a step inserted between two that ran
+    b = add(a, 10)
+    durable.recv("go", timeout=300)
+    return b
+
+
+@durable.workflow(name="deploy.insert_patched")
+def deploy_insert_patched(x: int) -> dict[str, Any]:
+    a = add(x, 1)
+    took = None
+    if NEW:
+        took = durable.patched("label-after-first-add")
+        if took:
+            label("inserted")
+    b = add(a, 10)
+    return {"sum": b, "patched": took, "message": durable.recv("go", timeout=300)}
+
+
+@durable.workflow(name="deploy.topic")
+def deploy_topic() -> Any:
+    return durable.recv("go2" if NEW else "go", timeout=300)  # new: the topic changed
+
+
+@durable.workflow(name="deploy.topic_patched")
+def deploy_topic_patched() -> Any:
+    if NEW and durable.patched("topic-go2"):
+        return durable.recv_any(["go", "go2"], timeout=300)
+    return durable.recv("go", timeout=300)
+
+
+@durable.workflow(name="deploy.deprecate")
+def deploy_deprecate(x: int) -> int:
+    a = add(x, 1)
+    if NEW:
+        durable.deprecate_patch("add-a-thousand")  # old: patched("add-a-thousand") guarded the add
+    if NEW or durable.patched("add-a-thousand"):
+        a = add(a, 1000)
+    durable.recv("go", timeout=300)
+    return a
+
+
+if NEW:
+
+    @durable.step()
+    def price_v2(item: str) -> str:  # renamed from `price`: its step name changed
+        return f"price:{item}"
+
+    @durable.step(name="tests.apps.wfapp.price")
+    def price_pinned(item: str) -> str:  # renamed, but keeping the old step name
+        return f"price:{item}"
+
+    rename, pinned = price_v2, price_pinned
+    # deploy.removed is no longer defined.
+
+else:
+
+    @durable.step()
+    def price(item: str) -> str:
+        return f"price:{item}"
+
+    rename = pinned = price
+
+    @durable.workflow(name="deploy.removed")
+    def deploy_removed() -> Any:
+        return durable.recv("go", timeout=300)
+
+
+@durable.workflow(name="deploy.rename")
+def deploy_rename(item: str) -> str:
+    p = rename(item)
+    durable.recv("go", timeout=300)
+    return p
+
+
+@durable.workflow(name="deploy.rename_pinned")
+def deploy_rename_pinned(item: str) -> str:
+    p = pinned(item)
+    durable.recv("go", timeout=300)
+    return p
+
+
+@durable.workflow()
+def deploy_body() -> list[str]:
+    before = label("before")
+    durable.recv("go", timeout=300)
+    return [before, label("after")]
+
+
+# --- End of section: workflow features (tests/e2e/test_features.py) ---------------------------------------

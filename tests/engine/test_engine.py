@@ -13,6 +13,7 @@ import pytest
 from celery_durable import core
 from celery_durable.config import DurableConfig
 from celery_durable.errors import NonDeterministicWorkflow, NotInWorkflow, SerializationError
+from celery_durable.retries import RetryPolicy
 from celery_durable.serialization import JSONSerializer
 from celery_durable.store import Dispatch, WorkflowStatus
 
@@ -57,8 +58,8 @@ def test_finished_steps_return_recorded_output_on_replay(engine: core.Engine) ->
 
     def body(x: int) -> int:
         ctx = core.require_context("test")
-        a = ctx.run_step("step", step, (x,), {}, 1, 0, 1)
-        b = ctx.run_step("step", step, (a,), {}, 1, 0, 1)
+        a = ctx.run_step("step", step, (x,), {})
+        b = ctx.run_step("step", step, (a,), {})
         _, got = ctx.recv(("go",), 30)
         return a + b + (0 if got is core.TIMED_OUT else got)
 
@@ -92,7 +93,7 @@ def test_replay_calling_another_step_is_a_determinism_error(engine: core.Engine)
 
     def body() -> None:
         ctx = core.require_context("test")
-        ctx.run_step("first" if version["n"] == 1 else "changed", lambda: 1, (), {}, 1, 0, 1)
+        ctx.run_step("first" if version["n"] == 1 else "changed", lambda: 1, (), {})
         ctx.recv(("go",), 30)
 
     ticket = start(engine, "wf-nd", "body")
@@ -118,7 +119,7 @@ def test_step_error_is_recorded_and_replayed(engine: core.Engine) -> None:
     def body() -> str:
         ctx = core.require_context("test")
         try:
-            ctx.run_step("failing", failing, (), {}, 1, 0, 1)
+            ctx.run_step("failing", failing, (), {})
         except KeyError:
             pass
         ctx.recv(("go",), 30)
@@ -144,7 +145,7 @@ def test_step_retries_in_place(engine: core.Engine) -> None:
         return "done"
 
     def body() -> str:
-        return core.require_context("test").run_step("flaky", flaky, (), {}, 3, 0.0, 1.0)
+        return core.require_context("test").run_step("flaky", flaky, (), {}, RetryPolicy(2, 0.0, 1.0))
 
     ticket = start(engine, "wf", "body")
     outcome = engine.execute("wf", ticket, "body", body)
@@ -154,7 +155,7 @@ def test_step_retries_in_place(engine: core.Engine) -> None:
 
 def test_unserializable_step_output_is_a_clear_error(engine: core.Engine) -> None:
     def body() -> None:
-        core.require_context("test").run_step("bad", lambda: object(), (), {}, 1, 0, 1)
+        core.require_context("test").run_step("bad", lambda: object(), (), {})
 
     ticket = start(engine, "wf", "body")
     outcome = engine.execute("wf", ticket, "body", body)
