@@ -1,8 +1,10 @@
 """Everything that knows Celery: the ``Durable`` plugin, the workflow task class, wake-ups, signals.
 
 A workflow is a Celery task whose message carries no arguments, only a *ticket* in a
-reserved keyword argument: the inputs live in the store, so recovery can re-enqueue a
-workflow from the store alone and a producer needs nothing but the task's name.
+keyword argument: the inputs live in the store, so recovery can re-enqueue a workflow from
+the store alone and a producer needs nothing but the task's name. Our own messages carry a
+header (:data:`MESSAGE_HEADER`) that user arguments cannot reach; a message without it is a
+start published by name (``app.send_task``), whatever its keyword arguments are called.
 
 Workflow tasks are ``acks_late`` with ``reject_on_worker_lost``: a worker killed mid-step
 puts the message back, and another worker replays the workflow. Waiting is leaving: a
@@ -12,13 +14,15 @@ countdown is the deadline (when within the horizon), so no worker slot is held.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
 from celery import Celery, Task
@@ -27,24 +31,47 @@ from celery.result import AsyncResult
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from . import core
+from . import validation as v
 from .config import DurableConfig
-from .errors import ConfigurationError, WorkflowConflict, WorkflowNotFound
+from .errors import ConfigurationError, DurableError, InvalidArgument, WorkflowConflict, WorkflowNotFound
 from .handle import WorkflowHandle, decode_result
-from .serialization import get_serializer
+from .serialization import check_stored_text, get_serializer
 from .store import Dispatch, StepRecord, Store, WorkflowRecord, WorkflowStatus, open_store
 
 log = logging.getLogger("celery_durable")
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The reserved keyword argument that carries a workflow message's ticket.
+#: The keyword argument that carries the ticket in our own messages (those with MESSAGE_HEADER).
 TICKET_KW = "__durable_ticket__"
-#: The reserved keyword argument that counts how often a delivery found the workflow busy.
+#: The keyword argument that counts how often a delivery of our own message found the workflow busy.
 BUSY_KW = "__durable_busy__"
+#: The message header that marks a message as published by celery_durable (a wake-up, timer, retry).
+MESSAGE_HEADER = "celery_durable"
 DEFAULT_URL = "sqlite:///celery_durable.sqlite3"
 ENV_URL = "CELERY_DURABLE_DATABASE_URL"
 # Celery's control-flow signals: they pass through workflows and steps unrecorded. A soft time
 # limit is not one of them: it is recorded as the failure of the step it cut off.
 _CONTROL_FLOW = (Retry, Ignore, Reject)
+# Set while this package publishes one of its own messages through a task's apply_async (Celery's
+# retry does): a user's call can never set it, whatever its arguments are called.
+_INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("celery_durable_internal", default=False)
+
+
+@contextlib.contextmanager
+def _internal() -> Iterator[None]:
+    token = _INTERNAL.set(True)
+    try:
+        yield
+    finally:
+        _INTERNAL.reset(token)
+
+
+def _our_message(request: Any) -> bool:
+    """Whether the message being executed was published by celery_durable (it carries our header)."""
+    if getattr(request, MESSAGE_HEADER, None):
+        return True
+    headers = getattr(request, "headers", None)
+    return isinstance(headers, dict) and bool(headers.get(MESSAGE_HEADER))
 
 
 class WorkflowTask(Task):
@@ -62,10 +89,10 @@ class WorkflowTask(Task):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> AsyncResult:
-        kwargs = dict(kwargs or {})
-        if TICKET_KW in kwargs:  # a message of ours (wake-up, timer, retry): publish as is
-            return super().apply_async((), kwargs, task_id=task_id, **options)
-        return self.durable._start(self, tuple(args or ()), kwargs, task_id, options)
+        if _INTERNAL.get():  # a message of ours (Celery's retry of it): publish as is
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        args, kwargs = v.check_call(args, kwargs)
+        return self.durable._start(self, args, kwargs, task_id, options)
 
 
 class Durable:
@@ -160,7 +187,9 @@ class Durable:
         if self.config.queue is not None:
             options["queue"] = self.config.queue
         options.update(task_options)
-        return self.app.task(**options)(run)
+        task = self.app.task(**options)(run)
+        v.check_name(task.name, "workflow name")  # stored with every workflow: refuse it now, not at start
+        return task
 
     @overload
     def step(self, fn: F) -> F: ...
@@ -192,7 +221,7 @@ class Durable:
             return lambda f: self.step(f, name=name, retries=retries, retry_interval=retry_interval, backoff=backoff)
         if not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be a whole number >= 0, got {retries!r}")
-        step_name = core.check_id(name or f"{fn.__module__}.{fn.__qualname__}", "step name")
+        step_name = v.check_id(name or f"{fn.__module__}.{fn.__qualname__}", "step name")
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -208,12 +237,12 @@ class Durable:
     def _start(
         self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None, options: dict[str, Any]
     ) -> AsyncResult:
-        workflow_id = core.check_id(task_id) if task_id is not None else str(uuid.uuid4())
+        workflow_id = v.check_id(task_id) if task_id is not None else str(uuid.uuid4())
         try:
-            inputs = self.serializer.dumps({"args": list(args), "kwargs": kwargs})
+            inputs = check_stored_text(self.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
         except Exception as exc:
             raise type(exc)(f"cannot start workflow {task.name!r}: its arguments are not serializable: {exc}") from None
-        queue = options.get("queue") or getattr(task, "queue", None) or self.config.queue
+        queue = v.check_queue(options.get("queue") or getattr(task, "queue", None) or self.config.queue)
         record, created = self.store.create_workflow(workflow_id, task.name, inputs, queue, time.time())
         if not created:
             if record.name != task.name:
@@ -225,6 +254,7 @@ class Durable:
         options.setdefault("kwargsrepr", repr(kwargs))
         if queue is not None:
             options["queue"] = queue
+        options["headers"] = {**(options.get("headers") or {}), MESSAGE_HEADER: 1}
         # Created but not published (broker down): the row is PENDING and the sweep publishes it.
         return Task.apply_async(task, (), {TICKET_KW: record.ticket}, task_id=workflow_id, **options)
 
@@ -237,16 +267,19 @@ class Durable:
         100 MB for a few hundred waits. Retries use ``task.retry(throw=False)``: the same Celery
         retry message with a countdown, without the exception.
         """
-        ticket = kwargs.pop(TICKET_KW, None)
-        busy = kwargs.pop(BUSY_KW, 0)
         workflow_id = task.request.id
-        if ticket is None:
-            # A message sent without our apply_async (app.send_task by name, a canvas): start from it.
-            inputs = self.serializer.dumps({"args": list(args), "kwargs": kwargs})
-            record, created = self.store.create_workflow(workflow_id, task.name, inputs, None, time.time())
-            if not created:
+        if _our_message(task.request):
+            ticket, busy = kwargs.get(TICKET_KW), kwargs.get(BUSY_KW, 0)
+            if type(ticket) is not int or type(busy) is not int:
+                log.error("dropping a %s message for %r with a malformed ticket %r", task.name, workflow_id, ticket)
                 return None
-            ticket = record.ticket
+        else:
+            # A message sent without our apply_async (app.send_task by name, a canvas): start from it.
+            started = self._start_from_message(task, fn, args, kwargs)
+            if started is None:
+                return None
+            ticket, fn = started
+            busy = 0
         outcome = self.engine.execute(workflow_id, ticket, task.name, fn)
         if isinstance(outcome, core.Finished):
             return outcome.value
@@ -255,12 +288,7 @@ class Durable:
         if isinstance(outcome, core.Waiting):
             if outcome.dispatch is not None:
                 # The lock is already released, so a timer that fires at once finds the workflow free.
-                task.retry(
-                    args=(),
-                    kwargs={TICKET_KW: outcome.dispatch.ticket},
-                    countdown=outcome.dispatch.countdown,
-                    throw=False,
-                )
+                self._retry(task, {TICKET_KW: outcome.dispatch.ticket}, outcome.dispatch.countdown)
             # else: a far deadline; the sweep arms the timer when it comes within the horizon.
             return None
         if isinstance(outcome, core.Interrupted) and isinstance(outcome.error, _CONTROL_FLOW):
@@ -270,12 +298,69 @@ class Durable:
             # releasing its lock), or the store is unreachable: try again soon, then less often.
             if isinstance(outcome, core.Interrupted):
                 log.warning("workflow %s interrupted (%r); retrying", workflow_id, outcome.error)
-            countdown = min(self.config.busy_backoff * 2**busy, self.config.horizon, 60.0)
-            task.retry(args=(), kwargs={TICKET_KW: ticket, BUSY_KW: busy + 1}, countdown=countdown, throw=False)
-        return None  # Stale or Cancelled: nothing to do, nothing to schedule
+            self._retry(task, {TICKET_KW: ticket, BUSY_KW: busy + 1}, self._backoff(busy))
+        if isinstance(outcome, core.Refused):
+            log.error("workflow %s: the database refused it for good (%r); dropping the message", workflow_id, outcome.error)
+        return None  # Stale, Cancelled or Refused: nothing to do, nothing to schedule
+
+    def _backoff(self, busy: int) -> float:
+        return min(self.config.busy_backoff * 2 ** min(busy, 64), self.config.horizon, 60.0)
+
+    def _retry(self, task: Task, kwargs: dict[str, Any] | None, countdown: float) -> None:
+        """Publish the next message of this workflow as a Celery retry (*kwargs* None: the same message again)."""
+        with _internal():
+            if kwargs is None:
+                task.retry(countdown=countdown, throw=False)
+            else:
+                task.retry(args=(), kwargs=kwargs, countdown=countdown, throw=False, headers={MESSAGE_HEADER: 1})
+
+    def _start_from_message(
+        self, task: Task, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[int, Callable[..., Any]] | None:
+        """Store the workflow a message published by name starts; return its ticket and body, or None: nothing to run.
+
+        The same rules as ``start`` apply. An id that cannot be stored is logged in one line and the
+        message dropped; arguments that cannot be stored leave the workflow in ERROR saying why
+        (returned as a body that raises that error); a store that is unreachable retries the message.
+        """
+        workflow_id = task.request.id
+        try:
+            v.check_id(workflow_id)
+        except DurableError as exc:
+            log.error("dropping a %s message published by name: %s", task.name, exc)
+            return None
+        refused: DurableError | None = None
+        try:
+            inputs = check_stored_text(self.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
+        except DurableError as exc:
+            refused = exc
+            inputs = self.serializer.dumps({"args": [], "kwargs": {}})  # the row records the error instead
+        try:
+            record, created = self.store.create_workflow(workflow_id, task.name, inputs, None, time.time())
+        except Exception as exc:
+            if self.store.is_transient(exc):
+                log.warning("workflow %s: could not store its start (%r); retrying", workflow_id, exc)
+                self._retry(task, None, self._backoff(task.request.retries or 0))
+            else:
+                log.error("workflow %s: the database refused its start for good (%r); dropping it", workflow_id, exc)
+            return None
+        if not created:
+            return None
+        if refused is None:
+            return record.ticket, fn
+        error = refused
+
+        def refuse(*_: Any, **__: Any) -> Any:
+            raise type(error)(f"cannot start workflow {task.name!r} published by name: {error}")
+
+        return record.ticket, refuse
 
     def _publish(self, dispatch: Dispatch) -> None:
-        options: dict[str, Any] = {"task_id": dispatch.workflow_id, "kwargs": {TICKET_KW: dispatch.ticket}}
+        options: dict[str, Any] = {
+            "task_id": dispatch.workflow_id,
+            "kwargs": {TICKET_KW: dispatch.ticket},
+            "headers": {MESSAGE_HEADER: 1},
+        }
         if dispatch.queue:
             options["queue"] = dispatch.queue
         if dispatch.countdown > 0:
@@ -285,7 +370,7 @@ class Durable:
     # -- handles and listings -----------------------------------------------------------------------
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """Return a handle on an existing workflow; an unknown id raises ``WorkflowNotFound``."""
-        core.check_id(workflow_id)
+        workflow_id = v.check_id(workflow_id)
         if self.store.get_workflow(workflow_id) is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
         return WorkflowHandle(self, workflow_id)
@@ -294,20 +379,11 @@ class Durable:
         self, status: WorkflowStatus | str | None = None, name: str | None = None, limit: int = 100
     ) -> list[WorkflowRecord]:
         """Return workflows, newest first, optionally only those with *status* and/or *name*."""
-        if status is not None:
-            try:
-                status = WorkflowStatus(status)
-            except ValueError:
-                raise core.InvalidArgument(
-                    f"unknown status {status!r}; use one of {', '.join(s.value for s in WorkflowStatus)}"
-                ) from None
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise core.InvalidArgument(f"limit must be a positive whole number, got {limit!r}")
-        return self.store.list_workflows(status, name, limit)
+        return self.store.list_workflows(v.check_status(status), v.check_name_filter(name), v.check_limit(limit))
 
     def list_steps(self, workflow_id: str) -> list[StepRecord]:
         """Return a workflow's checkpoints: step id, name, output or error, start and end times."""
-        return self.store.list_steps(core.check_id(workflow_id))
+        return self.store.list_steps(v.check_id(workflow_id))
 
     def decode_result(self, record: WorkflowRecord) -> Any:
         return decode_result(record, self.serializer.loads)
@@ -318,7 +394,7 @@ class Durable:
         A waiting or queued workflow ends at once (its queued messages go stale); a running one
         stops at its next durable operation. Unknown ids raise ``WorkflowNotFound``.
         """
-        record = self.store.cancel(core.check_id(workflow_id), time.time())
+        record = self.store.cancel(v.check_id(workflow_id), time.time())
         if record is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
         return record.status
@@ -339,16 +415,17 @@ class Durable:
         repeated *idempotency_key* for the same destination delivers once. The message is stored
         when this returns. ``create_mailbox=True`` accepts a workflow id that does not exist yet.
         """
-        core.check_id(workflow_id)
-        stored_topic = core.check_topic(topic)
+        workflow_id = v.check_id(workflow_id)
+        stored_topic = v.check_topic(topic)
         if idempotency_key is not None:
-            core.check_id(idempotency_key, "idempotency_key")
+            idempotency_key = v.check_id(idempotency_key, "idempotency_key")
+        create_mailbox = v.check_flag(create_mailbox, "create_mailbox")
         engine = self.engine
         payload = engine.encode_payload(message, "message")
         ctx = core.current_context()
         if ctx is not None and not ctx.in_step:
             if idempotency_key is not None:
-                raise core.InvalidArgument(
+                raise InvalidArgument(
                     "idempotency_key is for sends outside workflows; inside one, send is already exactly-once"
                 )
             ctx.send(workflow_id, stored_topic, payload, create_mailbox)
@@ -369,23 +446,23 @@ class Durable:
         Only inside a workflow. The deadline is recorded when it first waits, so a replay waits only for what
         is left; ``timeout=0`` polls, ``None`` waits forever. While it waits the workflow holds no worker.
         """
-        stored_topic = core.check_topic(topic)
-        seconds = core.check_timeout(timeout)
+        stored_topic = v.check_topic(topic)
+        seconds = v.check_timeout(timeout)
         _, value = core.require_context("recv").recv((stored_topic,), seconds)
         return default if value is core.TIMED_OUT else value
 
     def recv_any(self, topics: Sequence[str | None], timeout: float | None = 60, default: Any = None) -> Any:
         """Like :meth:`recv` on several topics: return ``(topic, message)`` for the oldest message of any, or *default*."""
-        if isinstance(topics, str) or not topics:
-            raise core.InvalidArgument(f"topics must be a non-empty list of topics, got {topics!r}")
-        stored = tuple(dict.fromkeys(core.check_topic(t) for t in topics))
-        seconds = core.check_timeout(timeout)
+        if not isinstance(topics, (list, tuple)) or not topics:
+            raise InvalidArgument(f"topics must be a non-empty list of topics, got {v.shown(topics)}")
+        stored = tuple(dict.fromkeys(v.check_topic(t) for t in topics))
+        seconds = v.check_timeout(timeout)
         topic, value = core.require_context("recv_any").recv(stored, seconds)
         return default if value is core.TIMED_OUT else (topic or None, value)
 
     def set_event(self, key: str, value: Any) -> None:
         """Publish *value* under *key* for this workflow (checkpointed; the last value wins). Only inside a workflow."""
-        core.check_id(key, "event key")
+        key = v.check_id(key, "event key")
         payload = self.engine.encode_payload(value, "event value")
         core.require_context("set_event").set_event(key, payload)
 
@@ -394,9 +471,9 @@ class Durable:
 
         Inside a workflow it is checkpointed and waits without holding a worker; outside, it polls.
         """
-        core.check_id(workflow_id)
-        core.check_id(key, "event key")
-        seconds = core.check_timeout(timeout)
+        workflow_id = v.check_id(workflow_id)
+        key = v.check_id(key, "event key")
+        seconds = v.check_timeout(timeout)
         ctx = core.current_context()
         if ctx is not None and not ctx.in_step:
             value = ctx.get_event(workflow_id, key, seconds)
@@ -415,9 +492,8 @@ class Durable:
 
     def sleep(self, seconds: float) -> None:
         """Sleep durably inside a workflow: the workflow leaves its worker and resumes after *seconds*."""
-        value = core.check_timeout(seconds, "seconds")
-        if value is None:
-            raise core.InvalidArgument("sleep needs a number of seconds")
+        value = v.check_timeout(seconds, "seconds", allow_none=False)
+        assert value is not None
         core.require_context("sleep").sleep(value)
 
     @property
