@@ -74,6 +74,7 @@ def check_name(value: Any, what: str) -> str:
     """Return *value* as a plain ``str`` if it is a valid name (see the module docstring)."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be a string, got {shown(value)} of type {type(value).__name__}")
+    value = str.__str__(value)  # a plain str: a subclass is stored and compared as one, and cannot fake its length
     if not value or len(value) > MAX_NAME_LENGTH:
         raise InvalidArgument(
             f"{what} must be 1 to {MAX_NAME_LENGTH} characters long, got {len(value)}: {shown(value)}"
@@ -84,7 +85,7 @@ def check_name(value: Any, what: str) -> str:
         raise InvalidArgument(
             f"{what} must be valid Unicode text (no surrogate code points U+D800-U+DFFF), got {shown(value)}"
         )
-    return str(value)  # a str subclass becomes a plain str: it is stored and compared as one
+    return value
 
 
 def check_id(value: Any, what: str = "workflow id") -> str:
