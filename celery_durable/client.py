@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from . import core
 from .config import DurableConfig
 from .handle import WorkflowHandle
-from .management import Duration, Management, When
+from .management import Management
 from .serialization import get_serializer
 from .store import Dispatch, MessageRecord, StepRecord, Store, WorkflowRecord, WorkflowStatus, open_store
+from .validation import Duration, When
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -23,7 +23,6 @@ import contextvars
 import functools
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,16 +31,17 @@ from typing import Any, TypeVar
 from . import retries, versioning
 from .config import DurableConfig
 from .errors import (
-    InvalidArgument,
+    DurableError,
     NonDeterministicWorkflow,
     NotInWorkflow,
     PayloadTooLarge,
     SerializationError,
+    StoreRejected,
     WorkflowCancelled,
     WorkflowTimedOut,
 )
 from .retries import NO_RETRIES, RetryPolicy
-from .serialization import Serializer, decode_error, encode_error
+from .serialization import Serializer, check_stored_text, decode_error, encode_error
 from .store import (
     Dispatch,
     Execution,
@@ -53,8 +53,9 @@ from .store import (
     WorkflowRecord,
     WorkflowStatus,
 )
-from .store.schema import MAX_ID_LENGTH
 from .timeouts import timed_out
+from .validation import MAX_NAME_LENGTH as MAX_ID_LENGTH
+from .validation import check_id, check_timeout, check_topic  # noqa: F401 - the input rules moved there; re-exported
 
 log = logging.getLogger("celery_durable")
 T = TypeVar("T")
@@ -118,6 +119,16 @@ class Interrupted(Outcome):
     error: BaseException
 
 
+@dataclass
+class Refused(Outcome):
+    """The store refused this execution for good where no verdict could be recorded (say the claim itself).
+
+    Retrying cannot help: the task system logs it and drops the message.
+    """
+
+    error: BaseException
+
+
 class Stale(Outcome):
     """The message's ticket is not current, or the workflow finished: nothing to do."""
 
@@ -152,32 +163,6 @@ def require_context(operation: str) -> WorkflowContext:
     return ctx
 
 
-# -- validation ------------------------------------------------------------------------------------
-def check_id(value: Any, what: str = "workflow id") -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument(f"{what} must be a non-empty string of at most {MAX_ID_LENGTH} characters, got {value!r}")
-    return value
-
-
-def check_topic(topic: Any) -> str:
-    """Map a user topic to its stored form: None is the default topic ''."""
-    if topic is None:
-        return ""
-    if not isinstance(topic, str) or not topic or len(topic) > MAX_ID_LENGTH:
-        raise InvalidArgument(
-            f"topic must be None or a non-empty string of at most {MAX_ID_LENGTH} characters, got {topic!r}"
-        )
-    return topic
-
-
-def check_timeout(timeout: Any, what: str = "timeout") -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0:
-        raise InvalidArgument(f"{what} must be a number of seconds >= 0 (or None to wait forever), got {timeout!r}")
-    return float(timeout)
-
-
 def _op_name(kind: str, *parts: str) -> str:
     name = ":".join((kind, *parts))
     if len(name) <= MAX_ID_LENGTH:
@@ -209,7 +194,7 @@ class Engine:
 
     # -- helpers shared with the public API ----------------------------------------------------
     def encode_payload(self, value: Any, what: str) -> str:
-        text = self.serializer.dumps(value)
+        text = check_stored_text(self.serializer.dumps(value), what)
         size = len(text.encode())
         if size > self.config.max_payload:
             raise PayloadTooLarge(
@@ -236,15 +221,15 @@ class Engine:
         """
         try:
             lease, execution = self.store.claim(workflow_id, ticket, self.clock())
-        except Exception as exc:  # store unreachable: try again later, nothing happened
-            return Interrupted(exc)
+        except Exception as exc:  # nothing happened: try again later, unless it can never pass
+            return Interrupted(exc) if self.store.is_transient(exc) else Refused(exc)
         if lease is None:
             # Held by someone else. A message whose ticket is no longer current (say a redelivered
             # duplicate of a message the sweep already replaced) is dropped now instead of waiting.
             try:
                 record = self.store.get_workflow(workflow_id)
             except Exception as exc:
-                return Interrupted(exc)
+                return Interrupted(exc) if self.store.is_transient(exc) else Refused(exc)
             if record is None or record.status.is_terminal or record.ticket != ticket:
                 return Stale()
             return Busy()
@@ -267,9 +252,11 @@ class Engine:
             ctx.check_deadline()  # a timer armed for the workflow's deadline lands here
             inputs = self.serializer.loads(record.inputs)
             value = fn(*inputs["args"], **inputs["kwargs"])
+            if ctx.store_error is not None:  # the body swallowed a store failure: its work is not all written
+                return Interrupted(ctx.store_error)
             ctx.check_deadline()  # no result is recorded after the deadline either
             try:
-                output = self.serializer.dumps(value)
+                output = check_stored_text(self.serializer.dumps(value), "the output")
             except SerializationError as exc:
                 raise SerializationError(
                     f"workflow {record.workflow_id!r} returned a value that cannot be stored: {exc}"
@@ -299,7 +286,13 @@ class Engine:
         try:
             self.store.finish(lease, status, output, error, self.clock())
         except Exception as exc:
-            return Interrupted(exc)
+            if self.store.is_transient(exc):
+                return Interrupted(exc)
+            if status != WorkflowStatus.SUCCESS:
+                return Refused(exc)
+            # The output itself was refused (a custom serializer's text): record that as the error.
+            rejected = _rejected(exc, "the workflow's output", lease.workflow_id)
+            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected))
         return outcome
 
 
@@ -344,15 +337,22 @@ class WorkflowContext:
             )
         return recorded
 
-    def _store(self, call: Callable[[], T]) -> T:
-        """Run a store call; remember a store failure so the execution ends as Interrupted, not ERROR."""
+    def _store(self, call: Callable[[], T], what: str) -> T:
+        """Run a store call for the operation *what*.
+
+        A failure that may pass (connection lost, deadlock, ...) or a lost claim is remembered, so the
+        execution ends as Interrupted (retried), not ERROR. A permanent one (a value the database
+        cannot hold) raises :class:`StoreRejected` in the body instead: retrying would loop forever.
+        """
         try:
             return call()
         except WorkflowCancelled:
             raise _Cancelled() from None
         except Exception as exc:
-            self.store_error = exc
-            raise
+            if isinstance(exc, DurableError) or self.engine.store.is_transient(exc):
+                self.store_error = exc
+                raise
+            raise _rejected(exc, what, self.workflow_id) from exc
 
     def _output(self, step: StepRecord) -> Any:
         if step.error is not None:
@@ -393,11 +393,11 @@ class WorkflowContext:
                 self.fail_step(step_id, name, exc, started)
                 raise
         try:
-            output = engine.serializer.dumps(value)
+            output = check_stored_text(engine.serializer.dumps(value), "the output")
         except SerializationError as exc:
             raise SerializationError(f"step {name!r} returned a value that cannot be stored: {exc}") from None
         step = StepRecord(self.workflow_id, step_id, name, "step", output, None, None, started, engine.clock())
-        stored = self._store(lambda: engine.store.record_step(self.lease, step))
+        stored = self._store(lambda: engine.store.record_step(self.lease, step), f"step {name!r}")
         # Whoever wrote first wins: return the stored output, not ours, if they differ.
         return value if stored is step else self._output(stored)
 
@@ -407,14 +407,16 @@ class WorkflowContext:
         failed = StepRecord(
             self.workflow_id, step_id, name, "step", None, encode_error(exc), None, started, engine.clock()
         )
-        self._store(functools.partial(engine.store.record_step, self.lease, failed))
+        self._store(functools.partial(engine.store.record_step, self.lease, failed), f"step {name!r}")
         return exc
 
     def start_attempt(self, step_id: int, attempt: int) -> None:
         """Write that *attempt* of step *step_id* starts now, before it runs (see retries.py)."""
         self.check_deadline()  # each attempt is a step boundary too
         engine = self.engine
-        self._store(lambda: engine.store.start_attempt(self.lease, step_id, attempt, engine.clock()))
+        self._store(
+            lambda: engine.store.start_attempt(self.lease, step_id, attempt, engine.clock()), f"attempt {attempt} of step {step_id}"
+        )
 
     def pause_until(self, step_id: int, name: str, until: float) -> None:
         """Wait until *until* before the next attempt of step *step_id*: sleep in place for at most
@@ -426,7 +428,8 @@ class WorkflowContext:
                 engine.sleep(until - now)
             return
         result = self._store(
-            lambda: engine.store.wait_retry(self.lease, step_id, name, until, now, engine.config.horizon)
+            lambda: engine.store.wait_retry(self.lease, step_id, name, until, now, engine.config.horizon),
+            f"the retry pause of step {name!r}",
         )
         raise Suspend(result.dispatch)
 
@@ -439,7 +442,7 @@ class WorkflowContext:
         if recorded is None:
             engine = self.engine
             request = WaitRequest(step_id, name, kind, topics, target, timeout, engine.clock(), engine.config.horizon)
-            result = self._store(lambda: engine.store.wait_step(self.lease, request))
+            result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
             if isinstance(result, Suspended):
                 raise Suspend(result.dispatch)
             recorded = result
@@ -472,7 +475,7 @@ class WorkflowContext:
         engine = self.engine
         now = engine.clock()
         marker = StepRecord(self.workflow_id, step_id, name, kind, "null", None, None, now, now)
-        self._store(lambda: engine.store.record_step(self.lease, marker))
+        self._store(lambda: engine.store.record_step(self.lease, marker), f"{kind} {name!r}")
 
     def send(self, destination: str, topic: str, payload: str, create_mailbox: bool) -> None:
         step_id = self._take_id()
@@ -485,7 +488,8 @@ class WorkflowContext:
         result = self._store(
             lambda: engine.store.send(
                 destination, topic, payload, now, create_mailbox=create_mailbox, lease=self.lease, checkpoint=checkpoint
-            )
+            ),
+            f"send to {destination!r}",
         )
         engine.publish_all(result.wakeups)
 
@@ -498,5 +502,13 @@ class WorkflowContext:
         now = engine.clock()
         # The checkpoint keeps the key (as its topic) and the value: a fork rebuilds its events from them.
         checkpoint = StepRecord(self.workflow_id, step_id, name, "set_event", value, None, key, now, now)
-        wakeups = self._store(lambda: engine.store.set_event(self.lease, key, value, checkpoint))
+        wakeups = self._store(lambda: engine.store.set_event(self.lease, key, value, checkpoint), f"set_event {key!r}")
         engine.publish_all(wakeups)
+
+
+def _rejected(exc: BaseException, what: str, workflow_id: str) -> StoreRejected:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return StoreRejected(
+        f"the database refused {what} of workflow {workflow_id!r} for good "
+        f"({type(exc).__name__}: {first_line[:300]}); retrying cannot help"
+    )

@@ -37,6 +37,15 @@ class InvalidArgument(DurableError, ValueError):
     """Raised when an argument (workflow id, topic, key, timeout) is not valid."""
 
 
+class StoreRejected(DurableError):
+    """Raised when the database refused an operation for good (a value it cannot hold, a constraint, a schema error).
+
+    Trying again cannot help, so inside a workflow the operation fails with this error, which the
+    body may catch; uncaught, it ends the workflow in ERROR. (Errors that may pass, such as a lost
+    connection or a deadlock, are retried instead and never surface as this error.)
+    """
+
+
 class WorkflowNotFound(DurableError, LookupError):
     """Raised when no workflow exists with the given id."""
 

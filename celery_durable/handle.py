@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import WorkflowCancelled, WorkflowTimedOut
 from .serialization import decode_error
 from .store import StepRecord, WorkflowRecord, WorkflowStatus
+from .validation import check_id, check_poll_interval, check_timeout
 
 if TYPE_CHECKING:
     from .client import Client
@@ -18,7 +19,7 @@ class WorkflowHandle:
 
     def __init__(self, durable: Client, workflow_id: str) -> None:
         self._durable = durable
-        self.workflow_id = workflow_id
+        self.workflow_id = check_id(workflow_id)
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.workflow_id!r}>"
@@ -48,6 +49,8 @@ class WorkflowHandle:
         (:class:`~celery_durable.errors.WorkflowTimedOut` when its deadline stopped it), and the builtin
         ``TimeoutError`` when it has not finished within *timeout* seconds.
         """
+        timeout = check_timeout(timeout)
+        poll_interval = check_poll_interval(poll_interval)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:

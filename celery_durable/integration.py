@@ -1,8 +1,10 @@
 """Everything that knows Celery: the ``Durable`` plugin, the workflow task class, wake-ups, signals.
 
 A workflow is a Celery task whose message carries no arguments, only a *ticket* in a
-reserved keyword argument: the inputs live in the store, so recovery can re-enqueue a
-workflow from the store alone and a producer needs nothing but the task's name.
+keyword argument: the inputs live in the store, so recovery can re-enqueue a workflow from
+the store alone and a producer needs nothing but the task's name. Our own messages carry a
+header (:data:`MESSAGE_HEADER`) that user arguments cannot reach; a message without it is a
+start published by name (``app.send_task``), whatever its keyword arguments are called.
 
 Workflow tasks are ``acks_late`` with ``reject_on_worker_lost``: a worker killed mid-step
 puts the message back, and another worker replays the workflow. Waiting is leaving: a
@@ -12,11 +14,13 @@ countdown is the deadline (when within the horizon), so no worker slot is held.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
 from celery import Celery, Task
@@ -25,9 +29,10 @@ from celery.result import AsyncResult
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from . import core, versioning
+from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DurableError, InvalidArgument
 from .handle import WorkflowHandle
 from .retries import RetryPolicy
 from .store import Dispatch, Store
@@ -35,14 +40,36 @@ from .store import Dispatch, Store
 log = logging.getLogger("celery_durable")
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The reserved keyword argument that carries a workflow message's ticket.
+#: The keyword argument that carries the ticket in our own messages (those with MESSAGE_HEADER).
 TICKET_KW = "__durable_ticket__"
-#: The reserved keyword argument that counts how often a delivery found the workflow busy.
+#: The keyword argument that counts how often a delivery of our own message found the workflow busy.
 BUSY_KW = "__durable_busy__"
-__all__ = ["DEFAULT_URL", "ENV_URL", "Durable", "WorkflowTask", "broker_publisher"]
+#: The message header that marks a message as published by celery_durable (a wake-up, timer, retry).
+MESSAGE_HEADER = "celery_durable"
+__all__ = ["DEFAULT_URL", "ENV_URL", "MESSAGE_HEADER", "Durable", "WorkflowTask", "broker_publisher"]
 # Celery's control-flow signals: they pass through workflows and steps unrecorded. A soft time
 # limit is not one of them: it is recorded as the failure of the step it cut off.
 _CONTROL_FLOW = (Retry, Ignore, Reject)
+# Set while this package publishes one of its own messages through a task's apply_async (Celery's
+# retry does): a user's call can never set it, whatever its arguments are called.
+_INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("celery_durable_internal", default=False)
+
+
+@contextlib.contextmanager
+def _internal() -> Iterator[None]:
+    token = _INTERNAL.set(True)
+    try:
+        yield
+    finally:
+        _INTERNAL.reset(token)
+
+
+def _our_message(request: Any) -> bool:
+    """Whether the message being executed was published by celery_durable (it carries our header)."""
+    if getattr(request, MESSAGE_HEADER, None):
+        return True
+    headers = getattr(request, "headers", None)
+    return isinstance(headers, dict) and bool(headers.get(MESSAGE_HEADER))
 
 
 class WorkflowTask(Task):
@@ -69,10 +96,10 @@ class WorkflowTask(Task):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> AsyncResult:
-        kwargs = dict(kwargs or {})
-        if TICKET_KW in kwargs:  # a message of ours (wake-up, timer, retry): publish as is
-            return super().apply_async((), kwargs, task_id=task_id, **options)
-        return self.durable._start(self, tuple(args or ()), kwargs, task_id, options)
+        if _INTERNAL.get():  # a message of ours (Celery's retry of it): publish as is
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        args, kwargs = v.check_call(args, kwargs)
+        return self.durable._start(self, args, kwargs, task_id, options)
 
 
 class Durable(Client):
@@ -184,8 +211,10 @@ class Durable(Client):
             options["queue"] = self.config.queue
         options.update(task_options)
         options["durable_timeout"] = timeout  # becomes an attribute of the task class, read by _start
-        self._register(task_options.get("name") or f"{fn.__module__}.{fn.__qualname__}", fn)
-        return self.app.task(**options)(run)
+        task = self.app.task(**options)(run)
+        v.check_name(task.name, "workflow name")  # stored with every workflow: refuse it now, not at start
+        self._register(task.name, fn)
+        return task
 
     @overload
     def step(self, fn: F) -> F: ...
@@ -228,7 +257,7 @@ class Durable(Client):
         return self._step(fn, name, policy)
 
     def _step(self, fn: F, name: str | None, policy: RetryPolicy) -> F:
-        step_name = core.check_id(name or f"{fn.__module__}.{fn.__qualname__}", "step name")
+        step_name = v.check_id(name or f"{fn.__module__}.{fn.__qualname__}", "step name")
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -252,7 +281,7 @@ class Durable(Client):
         *,
         timeout: float | None = None,
     ) -> AsyncResult:
-        queue = options.get("queue") or getattr(task, "queue", None) or self.config.queue
+        queue = v.check_queue(options.get("queue") or getattr(task, "queue", None) or self.config.queue)
         record, created = self.management.create(
             task.name,
             args,
@@ -270,6 +299,7 @@ class Durable(Client):
         options.setdefault("kwargsrepr", repr(kwargs))
         if queue is not None:
             options["queue"] = queue
+        options["headers"] = {**(options.get("headers") or {}), MESSAGE_HEADER: 1}
         # Created but not published (broker down): the row is PENDING and the sweep publishes it.
         return Task.apply_async(task, (), {TICKET_KW: record.ticket}, task_id=workflow_id, **options)
 
@@ -282,24 +312,19 @@ class Durable(Client):
         100 MB for a few hundred waits. Retries use ``task.retry(throw=False)``: the same Celery
         retry message with a countdown, without the exception.
         """
-        ticket = kwargs.pop(TICKET_KW, None)
-        busy = kwargs.pop(BUSY_KW, 0)
         workflow_id = task.request.id
-        if ticket is None:
-            # A message sent without our apply_async (app.send_task by name, a canvas): start from it.
-            record, created = self.management.create(
-                task.name,
-                args,
-                kwargs,
-                workflow_id=workflow_id,
-                queue=None,
-                timeout=getattr(task, "durable_timeout", None),
-                version=self.version,
-                parent_id=None,
-            )
-            if not created:
+        if _our_message(task.request):
+            ticket, busy = kwargs.get(TICKET_KW), kwargs.get(BUSY_KW, 0)
+            if type(ticket) is not int or type(busy) is not int:
+                log.error("dropping a %s message for %r with a malformed ticket %r", task.name, workflow_id, ticket)
                 return None
-            ticket = record.ticket
+        else:
+            # A message sent without our apply_async (app.send_task by name, a canvas): start from it.
+            started = self._start_from_message(task, fn, args, kwargs)
+            if started is None:
+                return None
+            ticket, fn = started
+            busy = 0
         outcome = self.engine.execute(workflow_id, ticket, task.name, fn)
         if isinstance(outcome, core.Finished):
             return outcome.value
@@ -308,12 +333,7 @@ class Durable(Client):
         if isinstance(outcome, core.Waiting):
             if outcome.dispatch is not None:
                 # The lock is already released, so a timer that fires at once finds the workflow free.
-                task.retry(
-                    args=(),
-                    kwargs={TICKET_KW: outcome.dispatch.ticket},
-                    countdown=outcome.dispatch.countdown,
-                    throw=False,
-                )
+                self._retry(task, {TICKET_KW: outcome.dispatch.ticket}, outcome.dispatch.countdown)
             # else: a far deadline; the sweep arms the timer when it comes within the horizon.
             return None
         if isinstance(outcome, core.Interrupted) and isinstance(outcome.error, _CONTROL_FLOW):
@@ -323,9 +343,78 @@ class Durable(Client):
             # releasing its lock), or the store is unreachable: try again soon, then less often.
             if isinstance(outcome, core.Interrupted):
                 log.warning("workflow %s interrupted (%r); retrying", workflow_id, outcome.error)
-            countdown = min(self.config.busy_backoff * 2**busy, self.config.horizon, 60.0)
-            task.retry(args=(), kwargs={TICKET_KW: ticket, BUSY_KW: busy + 1}, countdown=countdown, throw=False)
-        return None  # Stale or Cancelled: nothing to do, nothing to schedule
+            self._retry(task, {TICKET_KW: ticket, BUSY_KW: busy + 1}, self._backoff(busy))
+        if isinstance(outcome, core.Refused):
+            log.error("workflow %s: the database refused it for good (%r); dropping the message", workflow_id, outcome.error)
+        return None  # Stale, Cancelled or Refused: nothing to do, nothing to schedule
+
+    def _backoff(self, busy: int) -> float:
+        return min(self.config.busy_backoff * 2 ** min(busy, 64), self.config.horizon, 60.0)
+
+    def _retry(self, task: Task, kwargs: dict[str, Any] | None, countdown: float) -> None:
+        """Publish the next message of this workflow as a Celery retry (*kwargs* None: the same message again).
+
+        Every retry of a workflow task goes through here: a bare ``task.retry()`` would reach
+        ``WorkflowTask.apply_async`` without the internal flag and be taken for a user's start.
+        """
+        with _internal():
+            if kwargs is None:
+                task.retry(countdown=countdown, throw=False)
+            else:
+                task.retry(args=(), kwargs=kwargs, countdown=countdown, throw=False, headers={MESSAGE_HEADER: 1})
+
+    def _start_from_message(
+        self, task: Task, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[int, Callable[..., Any]] | None:
+        """Store the workflow a message published by name starts; return its ticket and body, or None: nothing to run.
+
+        The same rules as ``start`` apply. An id that cannot be stored is logged in one line and the
+        message dropped; arguments that cannot be stored leave the workflow in ERROR saying why
+        (returned as a body that raises that error); a store that is unreachable retries the message.
+        """
+        workflow_id = task.request.id
+        try:
+            v.check_id(workflow_id)
+        except DurableError as exc:
+            log.error("dropping a %s message published by name: %s", task.name, exc)
+            return None
+        create = functools.partial(
+            self.management.create,
+            task.name,
+            workflow_id=workflow_id,
+            queue=None,
+            timeout=getattr(task, "durable_timeout", None),
+            version=self.version,
+            parent_id=None,
+        )
+        refused: DurableError | None = None
+        try:
+            try:
+                record, created = create(args, kwargs)
+            except InvalidArgument:
+                raise
+            except DurableError as exc:  # arguments that cannot be stored: the row records why
+                refused = exc
+                record, created = create((), {})
+        except Exception as exc:
+            if isinstance(exc, DurableError):
+                log.error("dropping a %s message published by name for %r: %s", task.name, workflow_id, exc)
+            elif self.store.is_transient(exc):
+                log.warning("workflow %s: could not store its start (%r); retrying", workflow_id, exc)
+                self._retry(task, None, self._backoff(task.request.retries or 0))
+            else:
+                log.error("workflow %s: the database refused its start for good (%r); dropping it", workflow_id, exc)
+            return None
+        if not created:
+            return None
+        if refused is None:
+            return record.ticket, fn
+        error = refused
+
+        def refuse(*_: Any, **__: Any) -> Any:
+            raise type(error)(f"cannot start workflow {task.name!r} published by name: {error}")
+
+        return record.ticket, refuse
 
     def _publish(self, dispatch: Dispatch) -> None:
         publish_dispatch(self.app, dispatch)
@@ -337,31 +426,30 @@ class Durable(Client):
         Only inside a workflow. The deadline is recorded when it first waits, so a replay waits only for what
         is left; ``timeout=0`` polls, ``None`` waits forever. While it waits the workflow holds no worker.
         """
-        stored_topic = core.check_topic(topic)
-        seconds = core.check_timeout(timeout)
+        stored_topic = v.check_topic(topic)
+        seconds = v.check_timeout(timeout)
         _, value = core.require_context("recv").recv((stored_topic,), seconds)
         return default if value is core.TIMED_OUT else value
 
     def recv_any(self, topics: Sequence[str | None], timeout: float | None = 60, default: Any = None) -> Any:
         """Like :meth:`recv` on several topics: return ``(topic, message)`` for the oldest message of any, or *default*."""
-        if isinstance(topics, str) or not topics:
-            raise core.InvalidArgument(f"topics must be a non-empty list of topics, got {topics!r}")
-        stored = tuple(dict.fromkeys(core.check_topic(t) for t in topics))
-        seconds = core.check_timeout(timeout)
+        if not isinstance(topics, (list, tuple)) or not topics:
+            raise InvalidArgument(f"topics must be a non-empty list of topics, got {v.shown(topics)}")
+        stored = tuple(dict.fromkeys(v.check_topic(t) for t in topics))
+        seconds = v.check_timeout(timeout)
         topic, value = core.require_context("recv_any").recv(stored, seconds)
         return default if value is core.TIMED_OUT else (topic or None, value)
 
     def set_event(self, key: str, value: Any) -> None:
         """Publish *value* under *key* for this workflow (checkpointed; the last value wins). Only inside a workflow."""
-        core.check_id(key, "event key")
+        key = v.check_id(key, "event key")
         payload = self.engine.encode_payload(value, "event value")
         core.require_context("set_event").set_event(key, payload)
 
     def sleep(self, seconds: float) -> None:
         """Sleep durably inside a workflow: the workflow leaves its worker and resumes after *seconds*."""
-        value = core.check_timeout(seconds, "seconds")
-        if value is None:
-            raise core.InvalidArgument("sleep needs a number of seconds")
+        value = v.check_timeout(seconds, "seconds", allow_none=False)
+        assert value is not None
         core.require_context("sleep").sleep(value)
 
     def patched(self, patch: str) -> bool:
@@ -426,7 +514,11 @@ _REGISTRY: weakref.WeakKeyDictionary[Celery, weakref.WeakSet[Durable]] = weakref
 
 def publish_dispatch(app: Celery, dispatch: Dispatch, default_queue: str | None = None) -> None:
     """Publish the workflow task message *dispatch* describes, by task name (no task object needed)."""
-    options: dict[str, Any] = {"task_id": dispatch.workflow_id, "kwargs": {TICKET_KW: dispatch.ticket}}
+    options: dict[str, Any] = {
+        "task_id": dispatch.workflow_id,
+        "kwargs": {TICKET_KW: dispatch.ticket},
+        "headers": {MESSAGE_HEADER: 1},  # marks it as ours: see _our_message
+    }
     queue = dispatch.queue or default_queue
     if queue:
         options["queue"] = queue

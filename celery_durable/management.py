@@ -8,7 +8,6 @@ work to the sweep) run the very same code.
 
 from __future__ import annotations
 
-import datetime
 import json
 import time
 import uuid
@@ -16,14 +15,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import core
+from . import validation as v
 from .errors import InvalidArgument, WorkflowConflict, WorkflowNotFound
 from .handle import decode_result
+from .serialization import check_stored_text
 from .store import Dispatch, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
-
-#: A point in time: seconds since the epoch or an aware ``datetime``.
-When = float | int | datetime.datetime
-#: A length of time: seconds or a ``timedelta``.
-Duration = float | int | datetime.timedelta
 
 PRUNE_BATCH = 500
 
@@ -59,7 +55,7 @@ class Management:
         workflow_id = core.check_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
         seconds = core.check_timeout(timeout)
         try:
-            inputs = self.serializer.dumps({"args": list(args), "kwargs": kwargs})
+            inputs = check_stored_text(self.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
         except Exception as exc:
             raise type(exc)(f"cannot start workflow {name!r}: its arguments are not serializable: {exc}") from None
         now = self.engine.clock()
@@ -121,19 +117,14 @@ class Management:
         self, status: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None, name: str | None, **filters: Any
     ) -> list[WorkflowRecord]:
         """Check the filters of ``Client.list_workflows`` and run the query."""
-        limit, offset = filters.pop("limit", 100), filters.pop("offset", 0)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise InvalidArgument(f"limit must be a positive whole number, got {limit!r}")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidArgument(f"offset must be a whole number >= 0, got {offset!r}")
+        limit = v.check_limit(filters.pop("limit", 100))
+        offset = v.check_count(filters.pop("offset", 0), "offset")
         for what in ("created_after", "created_before"):
-            filters[what] = _timestamp(filters.get(what), what)
+            filters[what] = v.check_timestamp(filters.get(what), what)
         for what in ("id_prefix", "parent_id", "version"):
-            if filters.get(what) is not None:
-                core.check_id(filters[what], what)
-        if name is not None:
-            core.check_id(name, "name")
-        return self.store.list_workflows(_statuses(status), name, limit=limit, offset=offset, **filters)
+            filters[what] = v.check_name_filter(filters.get(what), what)
+        name = v.check_name_filter(name)
+        return self.store.list_workflows(v.check_statuses(status), name, limit=limit, offset=offset, **filters)
 
     def list_steps(self, workflow_id: str) -> list[StepRecord]:
         return self.store.list_steps(core.check_id(workflow_id))
@@ -178,10 +169,11 @@ class Management:
         idempotency_key: str | None,
         create_mailbox: bool,
     ) -> None:
-        core.check_id(workflow_id)
-        stored_topic = core.check_topic(topic)
+        workflow_id = v.check_id(workflow_id)
+        stored_topic = v.check_topic(topic)
         if idempotency_key is not None:
-            core.check_id(idempotency_key, "idempotency_key")
+            idempotency_key = v.check_id(idempotency_key, "idempotency_key")
+        create_mailbox = v.check_flag(create_mailbox, "create_mailbox")
         engine = self.engine
         payload = engine.encode_payload(message, "message")
         ctx = core.current_context()
@@ -226,9 +218,8 @@ class Management:
 
     def fork(self, workflow_id: str, start_step: int, new_workflow_id: str | None) -> WorkflowRecord:
         """Start a copy of a workflow that runs again from *start_step* (see ``Durable.fork``); return its record."""
-        core.check_id(workflow_id)
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-            raise InvalidArgument(f"start_step must be a whole number >= 0, got {start_step!r}")
+        workflow_id = v.check_id(workflow_id)
+        start_step = v.check_count(start_step, "start_step")
         new_id = core.check_id(new_workflow_id, "new_workflow_id") if new_workflow_id is not None else str(uuid.uuid4())
         source = self.get(workflow_id)
         record, created = self.store.fork(workflow_id, new_id, start_step, self.engine.clock(), version=source.version)
@@ -244,8 +235,8 @@ class Management:
         self.engine.publish_all([Dispatch(record.workflow_id, record.name, record.queue, record.ticket)])
         return record
 
-    def prune(self, older_than: Duration) -> int:
-        seconds = _seconds(older_than, "older_than")
+    def prune(self, older_than: v.Duration) -> int:
+        seconds = v.check_duration(older_than, "older_than")
         return self.store.prune(self.engine.clock() - seconds, PRUNE_BATCH)
 
     def recover(self) -> int:
@@ -281,34 +272,3 @@ def _type_and_message(error: str) -> tuple[str, str]:
         return str(record.get("type", "")), str(record.get("message", ""))
     except (ValueError, AttributeError):
         return "", error
-
-
-def _statuses(status: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None) -> list[WorkflowStatus] | None:
-    if status is None:
-        return None
-    values = [status] if isinstance(status, str) else list(status)
-    try:
-        return [WorkflowStatus(s) for s in values]
-    except ValueError:
-        raise InvalidArgument(
-            f"unknown status in {status!r}; use {', '.join(s.value for s in WorkflowStatus)}"
-        ) from None
-
-
-def _timestamp(value: When | None, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is None:
-            raise InvalidArgument(f"{what} must be an aware datetime (with a timezone), got {value!r}")
-        return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgument(f"{what} must be a datetime or seconds since the epoch, got {value!r}")
-    return float(value)
-
-
-def _seconds(value: Duration, what: str) -> float:
-    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise InvalidArgument(f"{what} must be a number of seconds >= 0 or a timedelta, got {value!r}")
-    return float(seconds)

@@ -16,6 +16,7 @@ import traceback
 from typing import Any, Protocol
 
 from .errors import ConfigurationError, SerializationError, WorkflowFailed
+from .validation import has_surrogates, shown
 
 
 class Serializer(Protocol):
@@ -28,15 +29,32 @@ class Serializer(Protocol):
     def loads(self, text: str) -> Any: ...
 
 
+#: Deepest nesting of lists and dicts a JSON payload may have. Deeper values are refused when
+#: written, so reading one back can never exhaust the interpreter's recursion limit.
+MAX_DEPTH = 200
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
 class JSONSerializer:
-    """Strict JSON: no NaN, no silent ``str()`` fallbacks; tuples come back as lists."""
+    """Strict JSON that round-trips exactly, or refuses with :class:`SerializationError`.
+
+    Accepted: ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list``, ``tuple`` and ``dict``
+    with ``str`` keys, nested at most :data:`MAX_DEPTH` deep. Converted (documented in the README):
+    tuples come back as lists, and instances of subclasses of these types (an ``IntEnum``, an
+    ``OrderedDict``, a namedtuple) come back as the base type. Refused: everything else, NaN and
+    infinities, non-``str`` dict keys (JSON would turn ``{1: "a"}`` into ``{"1": "a"}``), and strings
+    holding surrogate code points (JSON would turn the two characters of a surrogate pair into one).
+    NUL and every other character round-trip: the text is ASCII, with ``\\uXXXX`` escapes.
+    """
 
     name = "json"
 
     def dumps(self, value: Any) -> str:
+        _check_json(value)
         try:
             return json.dumps(value, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"value of type {type(value).__name__} is not JSON-serializable ({exc}); "
                 "pass JSON types (dict, list, str, int, float, bool, None) or opt in to "
@@ -45,6 +63,46 @@ class JSONSerializer:
 
     def loads(self, text: str) -> Any:
         return json.loads(text)
+
+
+def _check_json(value: Any) -> None:
+    """Refuse what JSON would not give back exactly (see :class:`JSONSerializer`); iterative, so depth is no danger."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if has_surrogates(item):
+                raise SerializationError(
+                    f"string {shown(item)} holds surrogate code points (U+D800-U+DFFF), which JSON cannot "
+                    "give back exactly; pass valid Unicode text"
+                )
+        elif isinstance(item, _JSON_SCALARS):
+            continue
+        elif isinstance(item, (list, tuple, dict)):
+            if depth >= MAX_DEPTH:
+                raise SerializationError(
+                    f"value is nested more than {MAX_DEPTH} levels deep (or contains itself); "
+                    "flatten it before storing it"
+                )
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        raise SerializationError(
+                            f"dict key {shown(key)} is a {type(key).__name__}, not a str: JSON would turn it into "
+                            "a string; use string keys or a list of pairs"
+                        )
+                    stack.append((key, depth + 1))
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        # anything else: json.dumps refuses it with its own message
+
+
+def check_stored_text(text: str, what: str) -> str:
+    """Refuse serialized *text* that a store cannot hold (NUL, surrogates): only a custom serializer makes such text."""
+    if "\x00" in text or has_surrogates(text):
+        raise SerializationError(f"{what} serialized to text a database cannot hold (NUL or surrogate characters)")
+    return text
 
 
 class PickleSerializer:
@@ -77,7 +135,7 @@ def encode_error(exc: BaseException) -> str:
     """Describe *exc* as JSON text: its type path, message, JSON-able args, notes and traceback text."""
     try:
         args = json.loads(json.dumps(list(exc.args), allow_nan=False))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         args = None
     record = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}",

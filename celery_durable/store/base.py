@@ -319,6 +319,16 @@ class Store(abc.ABC):
     def waiting_count(self) -> int:
         """Return how many workflows are WAITING (for metrics and tests)."""
 
+    # -- errors --------------------------------------------------------------------------------
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether *exc*, raised by a method of this store, may pass if the call is tried again.
+
+        Transient: a lost or refused connection, a server shutting down, a deadlock, a
+        serialization failure, a lock timeout. Everything else is permanent (a value the
+        database cannot hold, a constraint, a schema error): the same call fails the same way.
+        """
+        return isinstance(exc, OSError)
+
     def after_fork(self) -> None:  # noqa: B027 - a hook: backends without connections need nothing
         """Drop connections inherited from a parent process (call in each forked child)."""
 

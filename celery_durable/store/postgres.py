@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql
 from .base import Lease
 from .records import Dispatch, Execution, SendResult, StepRecord, Suspended, WaitRequest, WorkflowStatus
 from .sql import SQLLease, SQLStore, no_such_destination
+from .transient import is_transient_postgres
 
 # Keys are 64-bit hashes of a namespaced string, so they do not collide with the small
 # integer keys applications usually pick for their own advisory locks.
@@ -46,6 +47,9 @@ class PostgresStore(SQLStore):
     def close(self) -> None:
         super().close()
         self.exec_engine.dispose()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient_postgres(exc)
 
     def _insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)

@@ -21,6 +21,7 @@ from ..errors import ConfigurationError
 from .base import Lease
 from .records import WorkflowStatus
 from .sql import SQLLease, SQLStore
+from .transient import is_transient_sqlite
 
 
 class SQLiteStore(SQLStore):
@@ -45,6 +46,9 @@ class SQLiteStore(SQLStore):
         sa.event.listen(engine, "connect", _on_connect)
         sa.event.listen(engine, "begin", _on_begin)
         super().__init__(engine, prefix)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient_sqlite(exc)
 
     def _insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)

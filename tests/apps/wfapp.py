@@ -404,3 +404,28 @@ def deploy_body() -> list[str]:
 
 
 # --- End of section: workflow features (tests/e2e/test_features.py) ---------------------------------------
+
+
+# --- Section: tests/e2e/test_fault_run.py ---------------------------------------------------------
+@durable.step()
+def ring_work(i: int, k: int) -> list[int]:
+    """Marks "<pid> <i>:<k> <time>" in ring.work, so the fault run can tell which re-runs its faults explain."""
+    mark("ring.work", f"{i}:{k} {time.time():.3f}")
+    time.sleep(float(os.environ.get("CD_RING_STEP_SECONDS", "0.02")))
+    return [i, k]
+
+
+@durable.workflow()
+def ring(i: int, n: int, rounds: int, prefix: str) -> list[Any]:
+    """Member *i* of a ring of *n*: each round sends [i, k] to the next member, runs a step, and receives
+    from the previous member, so every message is consumed in the order it was sent."""
+    got = []
+    successor = f"{prefix}{(i + 1) % n}"
+    for k in range(rounds):
+        durable.send(successor, [i, k], topic="ring", create_mailbox=True)
+        ring_work(i, k)
+        got.append(durable.recv("ring", timeout=None))
+    return got
+
+
+# --- End of section: tests/e2e/test_fault_run.py --------------------------------------------------
