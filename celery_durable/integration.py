@@ -353,19 +353,15 @@ class Durable:
                 )
             ctx.send(workflow_id, stored_topic, payload, create_mailbox)
             return
-        self._send_outside(workflow_id, stored_topic, payload, idempotency_key, create_mailbox)
-
-    def _send_outside(
-        self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None, create_mailbox: bool
-    ) -> None:
-        """Store a message sent from outside a workflow body, then publish its wake-up.
-
-        A hook: ``celery_durable.contrib.django`` writes in the caller's database transaction instead.
-        """
         result = self.store.send(
-            workflow_id, topic, payload, time.time(), idempotency_key=idempotency_key, create_mailbox=create_mailbox
+            workflow_id,
+            stored_topic,
+            payload,
+            time.time(),
+            idempotency_key=idempotency_key,
+            create_mailbox=create_mailbox,
         )
-        self.engine.publish_all(result.wakeups)
+        engine.publish_all(result.wakeups)
 
     def recv(self, topic: str | None = None, timeout: float | None = 60, default: Any = None) -> Any:
         """Return the oldest unread message on *topic*, waiting up to *timeout* seconds; *default* on timeout.

@@ -11,7 +11,7 @@
     app.config_from_object("django.conf:settings", namespace="CELERY")
     durable = DjangoDurable(app)
 
-``durable.send(...)`` from a view joins the view's transaction (see :mod:`.durable`).
+``durable.send(...)`` from a view joins the view's transaction (see :mod:`.store`).
 """
 
 from __future__ import annotations
