@@ -54,32 +54,24 @@ class JoinsDjangoTransaction(SQLStore):
         lease: Lease | None = None,
         checkpoint: StepRecord | None = None,
     ) -> SendResult:
+        send = functools.partial(
+            super().send,
+            destination,
+            topic,
+            payload,
+            now,
+            idempotency_key=idempotency_key,
+            create_mailbox=create_mailbox,
+        )
         if lease is not None:
-            return super().send(
-                destination,
-                topic,
-                payload,
-                now,
-                idempotency_key=idempotency_key,
-                create_mailbox=create_mailbox,
-                lease=lease,
-                checkpoint=checkpoint,
-            )
+            return send(lease=lease, checkpoint=checkpoint)
         # A savepoint inside the caller's transaction (a failed send leaves it usable), or a
         # transaction of its own when there is none: a send is several statements.
         with transaction.atomic(using=self.alias):
             with self._lent_engine().connect() as conn:
                 # The store runs a send on the connection of the lease it is given, and needs
                 # nothing else of a lease: here that connection is Django's, in its transaction.
-                result = super().send(
-                    destination,
-                    topic,
-                    payload,
-                    now,
-                    idempotency_key=idempotency_key,
-                    create_mailbox=create_mailbox,
-                    lease=SQLLease(destination, conn),
-                )
+                result = send(lease=SQLLease(destination, conn))
             if result.wakeups:
                 transaction.on_commit(functools.partial(self.publish, result.wakeups), using=self.alias)
         return dataclasses.replace(result, wakeups=())  # published on commit, not by the caller
