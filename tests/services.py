@@ -39,12 +39,20 @@ def pg_url(database: str) -> str:
 
 
 class Worker:
-    """A real ``celery worker`` subprocess running tests/apps/wfapp.py."""
+    """A real ``celery worker`` subprocess running tests/apps/wfapp.py (or the Celery *app* run from *cwd*)."""
 
     def __init__(
-        self, env: dict[str, str], concurrency: int = 2, pool: str = "prefork", log: Path | None = None
+        self,
+        env: dict[str, str],
+        concurrency: int = 2,
+        pool: str = "prefork",
+        log: Path | None = None,
+        app: str = "tests.apps.wfapp",
+        cwd: Path = ROOT,
     ) -> None:
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.app = app
+        self.cwd = cwd
         self.concurrency = concurrency
         self.pool = pool
         self.log = log or Path(env.get("CD_COUNTER_DIR", "/tmp")) / f"worker-{uuid.uuid4().hex[:6]}.log"
@@ -59,7 +67,7 @@ class Worker:
                 "-m",
                 "celery",
                 "-A",
-                "tests.apps.wfapp",
+                self.app,
                 "worker",
                 "-c",
                 str(self.concurrency),
@@ -76,7 +84,7 @@ class Worker:
                 "--without-heartbeat",
             ],
             env=self.env,
-            cwd=str(ROOT),
+            cwd=str(self.cwd),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,

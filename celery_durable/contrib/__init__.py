@@ -1,0 +1,1 @@
+"""Integrations with the frameworks Celery users run beside it (each needs its own extra)."""
