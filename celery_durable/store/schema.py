@@ -16,6 +16,18 @@ import sqlalchemy as sa
 # Workflow ids, names, topics, keys and queue names are limited to this many characters.
 MAX_ID_LENGTH = 255
 
+#: Statuses of a workflow that has not finished.
+ACTIVE_STATUSES = ("PENDING", "RUNNING", "WAITING")
+#: Column values that say a workflow waits for nothing.
+CLEARED_WAIT: dict[str, Any] = {
+    "wait_kind": None,
+    "wait_target": None,
+    "wait_topics": None,
+    "wait_step": None,
+    "deadline": None,
+    "timer_due": None,
+}
+
 _BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
 
 

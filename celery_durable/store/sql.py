@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import DurableError, WorkflowCancelled, WorkflowNotFound
-from ..timeouts import earliest, timed_out_error
+from ..timeouts import earliest
 from .base import Lease, Store
 from .records import (
     Dispatch,
@@ -27,18 +27,9 @@ from .records import (
     WorkflowRecord,
     WorkflowStatus,
 )
-from .schema import LATEST_VERSION, MIGRATIONS, build_tables
+from .schema import ACTIVE_STATUSES, CLEARED_WAIT, LATEST_VERSION, MIGRATIONS, build_tables
 from .sql_ops import SQLOperations
-
-_ACTIVE = (WorkflowStatus.PENDING.value, WorkflowStatus.RUNNING.value, WorkflowStatus.WAITING.value)
-_CLEARED_WAIT: dict[str, Any] = {
-    "wait_kind": None,
-    "wait_target": None,
-    "wait_topics": None,
-    "wait_step": None,
-    "deadline": None,
-    "timer_due": None,
-}
+from .sql_recovery import SQLRecovery
 
 
 def no_such_destination(destination: str) -> WorkflowNotFound:
@@ -62,7 +53,7 @@ class SQLLease(Lease):
         self.finished = False  # set by finish(): the workflow will never run again
 
 
-class SQLStore(SQLOperations, Store):
+class SQLStore(SQLOperations, SQLRecovery, Store):
     """Every query of the store (the operators' ones in ``sql_ops.py``); subclasses provide the engine and the locks."""
 
     #: Whether lone statements outside executions may run on autocommit connections.
@@ -306,8 +297,8 @@ class SQLStore(SQLOperations, Store):
             self._lock_channel(conn, "m", workflow_id)
             conn.execute(
                 w.update()
-                .where(w.c.workflow_id == workflow_id, w.c.status.in_(_ACTIVE))
-                .values(status=WorkflowStatus.CANCELLED.value, ticket=w.c.ticket + 1, updated_at=now, **_CLEARED_WAIT)
+                .where(w.c.workflow_id == workflow_id, w.c.status.in_(ACTIVE_STATUSES))
+                .values(status=WorkflowStatus.CANCELLED.value, ticket=w.c.ticket + 1, updated_at=now, **CLEARED_WAIT)
             )
             return self._select_workflow(conn, workflow_id)
 
@@ -341,7 +332,7 @@ class SQLStore(SQLOperations, Store):
         )
         self._q_begin = (
             w.update()
-            .where(w.c.workflow_id == wid, w.c.ticket == sa.bindparam("p_ticket"), w.c.status.in_(_ACTIVE))
+            .where(w.c.workflow_id == wid, w.c.ticket == sa.bindparam("p_ticket"), w.c.status.in_(ACTIVE_STATUSES))
             .values(
                 status=WorkflowStatus.RUNNING.value,
                 executions=w.c.executions + 1,
@@ -368,7 +359,7 @@ class SQLStore(SQLOperations, Store):
                 output=sa.bindparam("p_output", type_=w.c.output.type),
                 error=sa.bindparam("p_error", type_=w.c.error.type),
                 updated_at=sa.bindparam("p_now", type_=w.c.updated_at.type),
-                **_CLEARED_WAIT,
+                **CLEARED_WAIT,
             )
         )
 
@@ -444,7 +435,7 @@ class SQLStore(SQLOperations, Store):
             if step is not None:
                 if not self._insert_step(conn, step):
                     raise DurableError(f"step {request.step_id} of workflow {wid!r} was already recorded")
-                conn.execute(w.update().where(w.c.workflow_id == wid).values(updated_at=now, **_CLEARED_WAIT))
+                conn.execute(w.update().where(w.c.workflow_id == wid).values(updated_at=now, **CLEARED_WAIT))
                 return step
             target = request.target if request.kind == "event" else wid
             return self._suspend(
@@ -494,7 +485,7 @@ class SQLStore(SQLOperations, Store):
             updated = conn.execute(
                 w.update()
                 .where(w.c.workflow_id == lease.workflow_id, w.c.status == WorkflowStatus.RUNNING.value)
-                .values(attempt_step=step_id, attempts=attempt, updated_at=now, **_CLEARED_WAIT)
+                .values(attempt_step=step_id, attempts=attempt, updated_at=now, **CLEARED_WAIT)
                 .returning(w.c.workflow_id)  # rowcount is unreliable on some drivers for UPDATE ... RETURNING
             ).first()
             if updated is None:
@@ -614,106 +605,6 @@ class SQLStore(SQLOperations, Store):
         with self.engine.connect() as conn:
             value = conn.execute(sa.select(e.c.value).where(e.c.workflow_id == workflow_id, e.c.key == key)).scalar()
             return str(value) if value is not None else None
-
-    # -- recovery -------------------------------------------------------------------------------
-    def sweep(self, now: float, horizon: float, grace: float, limit: int = 500) -> list[Dispatch]:
-        w = self.t.workflows
-        waiting = w.c.status == WorkflowStatus.WAITING.value
-        within = now + horizon
-        due = sa.or_(
-            sa.and_(waiting, w.c.timer_due.is_(None), sa.or_(w.c.deadline <= within, w.c.timeout_at <= within)),
-            # Past their own deadline, queued or waiting: the sweep stops them (see _time_out). RUNNING
-            # ones are probed below with the others: only a free lock says no execution will.
-            sa.and_(
-                w.c.status.in_((WorkflowStatus.PENDING.value, WorkflowStatus.WAITING.value)), w.c.timeout_at <= now
-            ),
-            sa.and_(waiting, w.c.timer_due < now - grace),
-            sa.and_(
-                w.c.status == WorkflowStatus.PENDING.value,
-                sa.or_(w.c.dispatched_at.is_(None), w.c.dispatched_at < now - grace),
-            ),
-        )
-        running = w.c.status == WorkflowStatus.RUNNING.value
-        with self.engine.connect() as conn:
-            ids = list(
-                conn.execute(sa.select(w.c.workflow_id).where(due).order_by(w.c.updated_at).limit(limit)).scalars()
-            )
-            # Whether a RUNNING workflow is alive only its lock can tell, so they are probed apart and
-            # in random order: live long-running executions can never fill the sweep for good and hide
-            # lost ones, nor starve the waits and messages above.
-            ids += conn.execute(
-                sa.select(w.c.workflow_id).where(running).order_by(sa.func.random()).limit(limit)
-            ).scalars()
-        dispatches = []
-        for workflow_id in ids:
-            lease = self.acquire(workflow_id)
-            if lease is None:
-                continue  # a live execution holds it: leave it alone
-            try:
-                dispatch = self._reclaim(lease, now, horizon, grace)
-            finally:
-                self.release(lease)
-            if dispatch is not None:
-                dispatches.append(dispatch)
-        return dispatches
-
-    def _reclaim(self, lease: Lease, now: float, horizon: float, grace: float) -> Dispatch | None:
-        with self._tx(lease) as conn:
-            self._lock_channel(conn, "m", lease.workflow_id)
-            wf = self._select_workflow(conn, lease.workflow_id, for_update=True)
-            if wf is None:
-                return None
-            if wf.timeout_at is not None and wf.timeout_at <= now and not wf.status.is_terminal:
-                self._time_out(conn, wf, now)
-                return None
-            pending = {"status": WorkflowStatus.PENDING.value, "timer_due": None, "dispatched_at": now}
-            wake = earliest(wf.deadline, wf.timeout_at)
-            if wf.status == WorkflowStatus.WAITING:
-                if wf.timer_due is None and wake is not None and wake <= now + horizon:
-                    ticket = self._bump(conn, wf, now, timer_due=wake)
-                    countdown = max(0.0, wake - now)
-                elif wf.timer_due is not None and wf.timer_due < now - grace:
-                    ticket, countdown = self._bump(conn, wf, now, **pending), 0.0
-                else:
-                    return None
-            elif wf.status == WorkflowStatus.PENDING:
-                if wf.dispatched_at is not None and wf.dispatched_at >= now - grace:
-                    return None
-                ticket, countdown = self._bump(conn, wf, now, **pending), 0.0
-            elif wf.status == WorkflowStatus.RUNNING:
-                # We hold the execution lock, so the execution that set RUNNING is gone.
-                ticket, countdown = self._bump(conn, wf, now, **pending), 0.0
-            else:
-                return None
-            if ticket is None:
-                return None
-            return Dispatch(wf.workflow_id, wf.name, wf.queue, ticket, countdown)
-
-    def _time_out(self, conn: sa.Connection, wf: WorkflowRecord, now: float) -> None:
-        """Stop *wf*, whose own deadline passed while no execution ran it (we hold its execution lock).
-
-        The engine does the same for a running workflow at its next step boundary (core._TimedOut).
-        Hook: when child workflows exist, cancel this workflow's children here too.
-        """
-        assert wf.timeout_at is not None
-        self._bump(
-            conn,
-            wf,
-            now,
-            status=WorkflowStatus.CANCELLED.value,
-            error=timed_out_error(wf.workflow_id, wf.timeout_at),
-            dispatched_at=None,
-            **_CLEARED_WAIT,
-        )
-
-    def waiting_count(self) -> int:
-        w = self.t.workflows
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.select(sa.func.count()).select_from(w).where(w.c.status == WorkflowStatus.WAITING.value)
-                ).scalar_one()
-            )
 
     def after_fork(self) -> None:
         # Connections opened by the parent must not be used (or closed) by the child.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .records import Dispatch, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
+from .schema import CLEARED_WAIT
 
 if TYPE_CHECKING:
     from .base import Lease
@@ -99,8 +100,6 @@ class SQLOperations:
     def resume(
         self, workflow_id: str, ticket: int, drop_from: int | None, now: float
     ) -> tuple[WorkflowRecord | None, Dispatch | None]:
-        from .sql import _CLEARED_WAIT  # sql.py imports this module
-
         w, s, m = self.t.workflows, self.t.steps, self.t.messages
         with self._tx() as conn:
             # The channel lock and the row lock, as cancel() takes them: a concurrent send sees
@@ -141,7 +140,7 @@ class SQLOperations:
                     error=None,
                     dispatched_at=now,
                     updated_at=now,
-                    **_CLEARED_WAIT,
+                    **CLEARED_WAIT,
                     **values,
                 )
                 .returning(*w.c)
