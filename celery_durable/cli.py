@@ -185,11 +185,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return [line(headers), *(line(r) for r in cells)]
 
 
-def parse_duration(text: str) -> float:
-    """``90``, ``30s``, ``15m``, ``2h``, ``30d``, ``1w`` -> seconds."""
+def parse_duration(text: str, option: str = "duration") -> float:
+    """``90``, ``30s``, ``15m``, ``2h``, ``30d``, ``1w`` -> seconds; *option* names the option in the error."""
     match = _DURATION.match(text)
     if match is None:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 90, 30s, 15m, 2h, 30d, 1w)")
+        raise ValueError(f"{option} is not a duration: {text!r} (use e.g. 90, 30s, 15m, 2h, 30d, 1w)")
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
@@ -287,7 +287,7 @@ def list_(
         [s.upper() for s in statuses] or None,
         name,
         id_prefix=id_prefix,
-        created_after=None if since is None else time.time() - parse_duration(since),
+        created_after=None if since is None else time.time() - parse_duration(since, "--since"),
         limit=limit,
     )
     rows = [
@@ -367,7 +367,7 @@ def messages(client: Client, out: _Out, workflow_id: str) -> None:
         client.management.get(workflow_id)  # an unknown id is an error; a mailbox or a quiet workflow is not
     rows = [[m.seq, m.topic or "-", _when(m.sent_at), _when(m.consumed_at) if m.consumed else "no", _short(m.payload)] for m in records]
     out.emit(
-        [dataclasses.asdict(m) for m in records],
+        [{**dataclasses.asdict(m), "consumed": m.consumed} for m in records],
         _table(("SEQ", "TOPIC", "SENT (UTC)", "RECEIVED (UTC)", "PAYLOAD"), rows),
     )
 
@@ -450,7 +450,7 @@ def migrate(client: Client, out: _Out) -> None:
 @click.option("--older-than", required=True, help="finished workflows not updated for this long (e.g. 30d, 12h)")
 def prune(client: Client, out: _Out, older_than: str) -> None:
     """Delete finished workflows (with their steps, messages and events) older than a duration."""
-    count = client.prune(parse_duration(older_than))
+    count = client.prune(parse_duration(older_than, "--older-than"))
     out.emit({"deleted": count}, f"deleted {count} workflow(s)")
 
 
