@@ -457,7 +457,7 @@ class WorkflowContext:
                     raise Suspend(result.dispatch)
                 return result
 
-            recorded = engine.observers.wait(self, step_id, kind, topics, timeout, wait) if engine.observers else wait()  # observer hook
+            recorded = engine.observers.wait(self, request, wait) if engine.observers else wait()  # observer hook
         if recorded.output is None and recorded.error is None:
             return None
         return recorded

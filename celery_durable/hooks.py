@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .core import Outcome, WorkflowContext
-    from .store import Dispatch, StepRecord, WorkflowRecord
+    from .store import Dispatch, StepRecord, WaitRequest, WorkflowRecord
 
 __all__ = ["Observer", "Observers", "message_headers"]
 
@@ -70,16 +70,8 @@ class Observer:
         """Around one attempt (1-based) of step *name* at *step_id*; replayed steps are not run, so not seen."""
         return run()
 
-    def wait(
-        self,
-        ctx: WorkflowContext,
-        step_id: int,
-        kind: str,
-        topics: tuple[str, ...],
-        timeout: float | None,
-        run: Callable[[], StepRecord],
-    ) -> StepRecord:
-        """Around a waiting operation (*kind* ``recv``, ``event`` or ``sleep``) that has no checkpoint yet.
+    def wait(self, ctx: WorkflowContext, request: WaitRequest, run: Callable[[], StepRecord]) -> StepRecord:
+        """Around a waiting operation (``request.kind``: ``recv``, ``event`` or ``sleep``) that has no checkpoint yet.
 
         ``run`` returns its checkpoint (``output`` and ``error`` both ``None``: it timed out), or raises ``Suspend`` when the
         workflow leaves its worker to wait (a later execution calls this hook again for the same step).
@@ -117,16 +109,8 @@ class Observers(list[Observer]):
     def step(self, ctx: WorkflowContext, step_id: int, name: str, attempt: int, run: Callable[[], T]) -> T:
         return self._around("step", run, ctx, step_id, name, attempt)
 
-    def wait(
-        self,
-        ctx: WorkflowContext,
-        step_id: int,
-        kind: str,
-        topics: tuple[str, ...],
-        timeout: float | None,
-        run: Callable[[], StepRecord],
-    ) -> StepRecord:
-        return self._around("wait", run, ctx, step_id, kind, topics, timeout)
+    def wait(self, ctx: WorkflowContext, request: WaitRequest, run: Callable[[], StepRecord]) -> StepRecord:
+        return self._around("wait", run, ctx, request)
 
     def send(self, sender: str | None, destination: str, topic: str, run: Callable[[], None]) -> None:
         self._around("send", run, sender, destination, topic)

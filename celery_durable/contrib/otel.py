@@ -48,7 +48,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from .. import core, hooks
 from ..client import Client
-from ..store import Dispatch, StepRecord, WorkflowRecord
+from ..store import Dispatch, StepRecord, WaitRequest, WorkflowRecord
 
 __all__ = ["HEADER", "OTelObserver", "instrument"]
 
@@ -129,23 +129,15 @@ class OTelObserver(hooks.Observer):
                 _record_error(span, exc)
                 raise
 
-    def wait(
-        self,
-        ctx: core.WorkflowContext,
-        step_id: int,
-        kind: str,
-        topics: tuple[str, ...],
-        timeout: float | None,
-        run: Callable[[], StepRecord],
-    ) -> StepRecord:
-        attributes = _workflow_attributes(ctx, step_id)
-        attributes[PREFIX + "topic"] = list(topics)
-        if timeout is not None:
-            attributes[PREFIX + "timeout"] = timeout
-        if ctx.workflow.wait_step == step_id:
+    def wait(self, ctx: core.WorkflowContext, request: WaitRequest, run: Callable[[], StepRecord]) -> StepRecord:
+        attributes = _workflow_attributes(ctx, request.step_id)
+        attributes[PREFIX + "topic"] = list(request.topics)
+        if request.timeout is not None:
+            attributes[PREFIX + "timeout"] = request.timeout
+        if ctx.workflow.wait_step == request.step_id:
             attributes[PREFIX + "wait.resumed"] = True  # this execution was woken from this very wait
-        label = {"recv": "recv", "event": "get_event"}.get(kind, kind)
-        with self._span(f"celery_durable.{label} {','.join(topics)}".rstrip(), None, attributes) as span:
+        label = {"recv": "recv", "event": "get_event"}.get(request.kind, request.kind)
+        with self._span(f"celery_durable.{label} {','.join(request.topics)}".rstrip(), None, attributes) as span:
             try:
                 step = run()
             except core.Suspend as suspend:

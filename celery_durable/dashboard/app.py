@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from ..cli import _when  # the CLI's format of times (UTC)
 from ..client import Client
 from ..errors import DurableError, WorkflowNotFound
 from ..store import WorkflowStatus
@@ -180,8 +181,3 @@ def _pretty(client: Client, text: str | None) -> str:
         return text
     return json.dumps(value, ensure_ascii=False, indent=1, default=repr)
 
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..cli import _duration  # the CLI's format of durations
 from ..store import StepRecord, WorkflowRecord
 
 WIDTH = 960  # the SVG's width in pixels; the label column comes out of it
@@ -84,14 +85,3 @@ def build(record: WorkflowRecord, steps: list[StepRecord], now: float) -> Timeli
 def _short(text: str, width: int = 28) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
-
-def _duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"

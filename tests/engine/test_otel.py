@@ -10,30 +10,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from celery_durable import Durable, core
+from celery_durable import core
 from celery_durable.contrib import otel
-from celery_durable.store import Dispatch
-
-
-class Recording(Durable):
-    """A Durable whose task messages are kept in a list instead of going to a broker."""
-
-    def __init__(self, store: Any) -> None:
-        super().__init__(Celery("otel", set_as_current=False), store=store)
-        self.published: list[Dispatch] = []
-
-    def _publish(self, dispatch: Dispatch) -> None:
-        self.published.append(dispatch)
-
-    def run_next(self, fn: Any) -> core.Outcome:
-        dispatch = self.published.pop(0)
-        return self.engine.execute(dispatch.workflow_id, dispatch.ticket, dispatch.name, fn)
+from tests.engine.test_management import Recording
 
 
 @pytest.fixture
@@ -70,9 +54,9 @@ def test_one_trace_from_start_through_a_wait_and_a_send_to_the_end(d: Recording,
         return {"reserved": reserved, "status": d.recv("payment", timeout=60)}
 
     d.start("otel.checkout", "o-1", workflow_id="order-1")
-    assert isinstance(d.run_next(checkout), core.Waiting)
+    assert isinstance(d.run(checkout), core.Waiting)
     d.send("order-1", "paid", topic="payment")  # from outside: its own trace
-    outcome = d.run_next(checkout)
+    outcome = d.run(checkout)
     assert isinstance(outcome, core.Finished) and outcome.value["status"] == "paid"
 
     spans = exporter.get_finished_spans()
@@ -107,7 +91,7 @@ def test_errors_are_recorded_on_the_step_and_the_execution(d: Recording, exporte
         raise ValueError("card declined")
 
     d.start("otel.failing", workflow_id="bad-1")
-    outcome = d.run_next(lambda: charge())
+    outcome = d.run(lambda: charge())
     assert isinstance(outcome, core.Failed)
 
     spans = exporter.get_finished_spans()
@@ -127,8 +111,8 @@ def test_a_workflow_started_inside_another_joins_its_trace(d: Recording, exporte
         return d.start("otel.child", workflow_id="child-1").workflow_id
 
     d.start("otel.parent", workflow_id="parent-1")
-    assert isinstance(d.run_next(lambda: spawn()), core.Finished)
-    assert isinstance(d.run_next(lambda: "child done"), core.Finished)
+    assert isinstance(d.run(lambda: spawn()), core.Finished)
+    assert isinstance(d.run(lambda: "child done"), core.Finished)
 
     spans = exporter.get_finished_spans()
     (parent_run,) = named(spans, "celery_durable.execute otel.parent")
