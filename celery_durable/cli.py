@@ -454,6 +454,19 @@ def prune(client: Client, out: _Out, older_than: str) -> None:
     out.emit({"deleted": count}, f"deleted {count} workflow(s)")
 
 
+@_command(durable, "dashboard", json_flag=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=click.IntRange(0, 65535), default=8555, show_default=True)
+@click.option("--allow-actions", is_flag=True, help="show cancel and resume buttons")
+def dashboard(client: Client, out: _Out, host: str, port: int, allow_actions: bool) -> None:
+    """Serve a web view of the workflows (needs the dashboard extra; see docs/dashboard.md)."""
+    try:
+        from .dashboard import serve
+    except ImportError as exc:
+        raise ValueError(f"the dashboard needs the dashboard extra: pip install 'celery-durable[dashboard]' ({exc})") from None
+    serve(client, host=host, port=port, allow_actions=allow_actions)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``celery-durable`` entry point: the same commands without a Celery app."""
     durable.main(args=list(argv) if argv is not None else None, prog_name="celery-durable")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import core
 from .config import DurableConfig
 from .handle import WorkflowHandle
+from .hooks import Observer, Observers
 from .management import Management
 from .serialization import get_serializer
 from .store import Dispatch, MessageRecord, StepRecord, Store, WorkflowRecord, WorkflowStatus, open_store
@@ -49,6 +50,7 @@ class Client:
         self._store_lock = threading.Lock()
         self._engine: core.Engine | None = None
         self._management: Management | None = None
+        self.observers = Observers()  # see hooks.py and add_observer
 
     def _publish(self, dispatch: Dispatch) -> None:
         """Publish the task message *dispatch* describes."""
@@ -70,7 +72,8 @@ class Client:
     def engine(self) -> core.Engine:
         if self._engine is None:
             self._engine = core.Engine(
-                self.store, self.serializer, self.config, self._publish, passthrough=self.passthrough
+                self.store, self.serializer, self.config, self._publish, passthrough=self.passthrough,
+                observers=self.observers,
             )
         return self._engine
 
@@ -79,6 +82,10 @@ class Client:
         if self._management is None:
             self._management = Management(self.engine)
         return self._management
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call *observer*'s hooks (see :mod:`celery_durable.hooks`) from now on, in this process."""
+        self.observers.append(observer)
 
     def migrate(self) -> int:
         """Create or upgrade the schema; return its version."""

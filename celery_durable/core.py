@@ -40,6 +40,7 @@ from .errors import (
     WorkflowCancelled,
     WorkflowTimedOut,
 )
+from .hooks import Observers
 from .retries import NO_RETRIES, RetryPolicy
 from .serialization import Serializer, check_stored_text, decode_error, encode_error
 from .store import (
@@ -183,6 +184,7 @@ class Engine:
         passthrough: tuple[type[BaseException], ...] = (),
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        observers: Observers | None = None,
     ) -> None:
         self.store = store
         self.serializer = serializer
@@ -191,6 +193,7 @@ class Engine:
         self.passthrough = passthrough
         self.clock = clock
         self.sleep = sleep  # only for pauses of at most retries.IN_PLACE_LIMIT seconds
+        self.observers = observers if observers is not None else Observers()  # see hooks.py
 
     # -- helpers shared with the public API ----------------------------------------------------
     def encode_payload(self, value: Any, what: str) -> str:
@@ -208,7 +211,7 @@ class Engine:
         and the sweep publishes again what was lost."""
         for dispatch in dispatches:
             try:
-                self._publish(dispatch)
+                self.observers.wakeup(dispatch, functools.partial(self._publish, dispatch)) if self.observers else self._publish(dispatch)  # observer hook
             except Exception:
                 log.warning("could not publish a wake-up for %s; the sweep will", dispatch.workflow_id, exc_info=True)
 
@@ -236,7 +239,8 @@ class Engine:
         try:
             if execution is None:
                 return Stale()
-            return self._execute_locked(lease, execution, name, fn)
+            run = functools.partial(self._execute_locked, lease, execution, name, fn)
+            return self.observers.execution(execution.workflow, run) if self.observers else run()  # observer hook
         finally:
             self.store.release(lease)
 
@@ -313,6 +317,7 @@ class WorkflowContext:
         self.in_step = False
         self.store_error: BaseException | None = None
         self.patches: dict[str, bool] = {}
+        self.attempt = 1  # of the step running now (retries.py counts them)
 
     def check_deadline(self) -> None:
         """Stop the workflow (``_TimedOut``) when its own deadline has passed."""
@@ -378,6 +383,8 @@ class WorkflowContext:
         def call() -> T:
             self.in_step = True
             try:
+                if engine.observers:  # observer hook
+                    return engine.observers.step(self, step_id, name, self.attempt, lambda: fn(*args, **kwargs))
                 return fn(*args, **kwargs)
             finally:
                 self.in_step = False
@@ -413,6 +420,7 @@ class WorkflowContext:
     def start_attempt(self, step_id: int, attempt: int) -> None:
         """Write that *attempt* of step *step_id* starts now, before it runs (see retries.py)."""
         self.check_deadline()  # each attempt is a step boundary too
+        self.attempt = attempt
         engine = self.engine
         self._store(
             lambda: engine.store.start_attempt(self.lease, step_id, attempt, engine.clock()), f"attempt {attempt} of step {step_id}"
@@ -442,10 +450,14 @@ class WorkflowContext:
         if recorded is None:
             engine = self.engine
             request = WaitRequest(step_id, name, kind, topics, target, timeout, engine.clock(), engine.config.horizon)
-            result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
-            if isinstance(result, Suspended):
-                raise Suspend(result.dispatch)
-            recorded = result
+
+            def wait() -> StepRecord:
+                result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
+                if isinstance(result, Suspended):
+                    raise Suspend(result.dispatch)
+                return result
+
+            recorded = engine.observers.wait(self, request, wait) if engine.observers else wait()  # observer hook
         if recorded.output is None and recorded.error is None:
             return None
         return recorded
@@ -485,13 +497,17 @@ class WorkflowContext:
         engine = self.engine
         now = engine.clock()
         checkpoint = StepRecord(self.workflow_id, step_id, name, "send", "null", None, topic, now, now)
-        result = self._store(
-            lambda: engine.store.send(
-                destination, topic, payload, now, create_mailbox=create_mailbox, lease=self.lease, checkpoint=checkpoint
-            ),
-            f"send to {destination!r}",
-        )
-        engine.publish_all(result.wakeups)
+
+        def send() -> None:
+            result = self._store(
+                lambda: engine.store.send(
+                    destination, topic, payload, now, create_mailbox=create_mailbox, lease=self.lease, checkpoint=checkpoint
+                ),
+                f"send to {destination!r}",
+            )
+            engine.publish_all(result.wakeups)
+
+        engine.observers.send(self.workflow_id, destination, topic, send) if engine.observers else send()  # observer hook
 
     def set_event(self, key: str, value: str) -> None:
         step_id = self._take_id()

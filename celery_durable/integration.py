@@ -28,7 +28,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from . import core, versioning
+from . import core, hooks, versioning
 from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
@@ -517,7 +517,7 @@ def publish_dispatch(app: Celery, dispatch: Dispatch, default_queue: str | None 
     options: dict[str, Any] = {
         "task_id": dispatch.workflow_id,
         "kwargs": {TICKET_KW: dispatch.ticket},
-        "headers": {MESSAGE_HEADER: 1},  # marks it as ours: see _our_message
+        "headers": {**(hooks.message_headers.get() or {}), MESSAGE_HEADER: 1},  # ours (see _our_message); observer hook
     }
     queue = dispatch.queue or default_queue
     if queue:

@@ -58,7 +58,8 @@ class Management:
             inputs = check_stored_text(self.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
         except Exception as exc:
             raise type(exc)(f"cannot start workflow {name!r}: its arguments are not serializable: {exc}") from None
-        now = self.engine.clock()
+        engine = self.engine
+        now = engine.clock()
         record, created = self.store.create_workflow(
             workflow_id,
             name,
@@ -68,6 +69,7 @@ class Management:
             version=version,
             parent_id=parent_id,
             timeout_at=None if seconds is None else now + seconds,
+            trace_context=engine.observers.start_context(name, workflow_id) if engine.observers else None,  # observer hook
         )
         if not created and record.name != name:
             raise WorkflowConflict(
@@ -184,15 +186,19 @@ class Management:
                 )
             ctx.send(workflow_id, stored_topic, payload, create_mailbox)
             return
-        result = self.store.send(
-            workflow_id,
-            stored_topic,
-            payload,
-            engine.clock(),
-            idempotency_key=idempotency_key,
-            create_mailbox=create_mailbox,
-        )
-        engine.publish_all(result.wakeups)
+
+        def send() -> None:
+            result = self.store.send(
+                workflow_id,
+                stored_topic,
+                payload,
+                engine.clock(),
+                idempotency_key=idempotency_key,
+                create_mailbox=create_mailbox,
+            )
+            engine.publish_all(result.wakeups)
+
+        engine.observers.send(None, workflow_id, stored_topic, send) if engine.observers else send()  # observer hook
 
     # -- changing workflows ---------------------------------------------------------------------------------
     def cancel(self, workflow_id: str) -> WorkflowStatus:

@@ -39,6 +39,10 @@ durable = Durable(
     busy_backoff=float(os.environ.get("CD_BUSY_BACKOFF", "0.2")),
 )
 COUNTER_DIR = os.environ.get("CD_COUNTER_DIR", "/tmp")
+if os.environ.get("CD_OTEL_SPANS"):  # tests/e2e/test_otel.py: the worker writes its spans to this file
+    from tests.apps.otel_export import install
+
+    install(durable, os.environ["CD_OTEL_SPANS"], celery_instrumentor=os.environ.get("CD_OTEL_CELERY") == "1")
 
 
 def mark(name: str, value: Any = "") -> None:
