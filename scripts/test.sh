@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,django]'
+.venv/bin/python -m pip install -q -e '.[test,django,pytest]'
 .venv/bin/ruff check celery_durable tests examples benchmarks
 .venv/bin/mypy
 .venv/bin/pytest "$@"
