@@ -6,21 +6,9 @@ Install ``celery-durable[pytest]`` and say where your ``Durable`` is, in ``pytes
     [pytest]
     durable_app = shop.workflows:durable     # a Durable, or a Celery app that has one
 
-or by overriding the ``durable_app`` fixture in ``conftest.py``. Then::
-
-    from celery_durable.testing import wait_until_waiting
-    from shop.workflows import checkout
-
-    def test_checkout_waits_for_payment(durable, durable_worker):
-        h = checkout.start("o-1", workflow_id="order-1")
-        wait_until_waiting(h)
-        durable.send("order-1", "paid", topic="payment_status")
-        assert h.result(timeout=10) == "done"
-
-    def test_checkout_gives_up_after_a_day(durable_clock):
-        h = checkout.start("o-2", workflow_id="order-2")
-        durable_clock.advance(86400)          # the recv's timeout fires now
-        assert h.result(timeout=10) == "cancelled"
+or by overriding the session-scoped ``durable_app`` fixture in ``conftest.py``. A test then
+requests ``durable`` (your Durable on the test's own store), ``durable_worker`` and ``durable_clock``;
+docs/testing.md has a complete example.
 
 Fixtures:
 

@@ -36,20 +36,19 @@ def test_shift_deadlines_moves_waits_and_timeouts_earlier_and_forgets_armed_time
 
 def test_after_a_shift_the_sweep_fires_the_due_timer_now_and_the_old_one_is_stale(h: Harness) -> None:
     store = h.store
-    lease = h.running("w")
-    armed = store.wait_step(lease, recv(1, "t", timeout=60, now=T0, horizon=HORIZON))
-    assert isinstance(armed, Suspended) and armed.dispatch is not None
-    h.release(lease)
+    h.release(h.waiting("w", "t", timeout=60))  # its timer is armed, due in 60 s
+    armed = store.get_workflow("w")
+    assert armed is not None and armed.timer_due is not None
 
     store.shift_deadlines(60)
     (dispatch,) = store.sweep(T0, HORIZON, 0.0)
-    assert dispatch == Dispatch("w", "wf", "q", armed.dispatch.ticket + 1, 0.0)
+    assert dispatch == Dispatch("w", "wf", "q", armed.ticket + 1, 0.0)
 
-    lease2 = h.acquire("w")
-    assert lease2 is not None
-    assert store.begin(lease2, armed.dispatch.ticket, T0) is None, "the old countdown message does nothing"
-    assert store.begin(lease2, dispatch.ticket, T0) is not None
-    timed_out = store.wait_step(lease2, recv(1, "t", timeout=60, now=T0))
+    lease = h.acquire("w")
+    assert lease is not None
+    assert store.begin(lease, armed.ticket, T0) is None, "the old countdown message does nothing"
+    assert store.begin(lease, dispatch.ticket, T0) is not None
+    timed_out = store.wait_step(lease, recv(1, "t", timeout=60, now=T0))
     assert isinstance(timed_out, StepRecord) and timed_out.output is None
 
 
