@@ -96,6 +96,19 @@ class Client:
         if self._store is not None:
             self._store.close()
 
+    def reconfigure(self, database_url: str | None = None, *, config: DurableConfig | None = None, **options: Any) -> None:
+        """Use another database (``None``: the same) and/or options from now on; for tests.
+
+        The pytest plugin (``celery_durable.testing``) points your ``Durable`` at a test store this
+        way and back afterwards. The store opened so far is closed (nothing is copied); the next use
+        opens the new one. Options read when a workflow is declared (``queue``) keep their value there.
+        """
+        self.close()
+        self.config = DurableConfig.from_options(config or self.config, options)
+        self.database_url = database_url or self.database_url
+        self.serializer = get_serializer(self.config.serializer)
+        self._store = self._engine = self._management = None
+
     # -- starting and handles ----------------------------------------------------------------------------
     def start(
         self,

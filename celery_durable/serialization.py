@@ -40,7 +40,7 @@ class JSONSerializer:
     """Strict JSON that round-trips exactly, or refuses with :class:`SerializationError`.
 
     Accepted: ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list``, ``tuple`` and ``dict``
-    with ``str`` keys, nested at most :data:`MAX_DEPTH` deep. Converted (documented in the README):
+    with ``str`` keys, nested at most :data:`MAX_DEPTH` deep. Converted (documented in docs/workflows.md, *Input rules*):
     tuples come back as lists, and instances of subclasses of these types (an ``IntEnum``, an
     ``OrderedDict``, a namedtuple) come back as the base type. Refused: everything else, NaN and
     infinities, non-``str`` dict keys (JSON would turn ``{1: "a"}`` into ``{"1": "a"}``), and strings

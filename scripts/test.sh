@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,django,otel,dashboard]'
+.venv/bin/python -m pip install -q -e '.[test,django,pytest,otel,dashboard]'
 bash scripts/chromium.sh  # the dashboard's browser test (skipped, saying so, when it cannot be installed)
 .venv/bin/ruff check celery_durable tests examples benchmarks
 .venv/bin/mypy

@@ -316,6 +316,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def shift_deadlines(self, seconds: float) -> int:
+        """Move the deadlines of every unfinished workflow *seconds* earlier, in one transaction; return how many changed.
+
+        Both a wait's ``deadline`` and the workflow's own ``timeout_at`` move; an armed timer is
+        forgotten (``timer_due`` cleared), since its message no longer fires at the right time: the
+        next :meth:`sweep` arms a new one with a new ticket, and the old message goes stale. Nothing
+        else changes. For tests only: it is how the pytest plugin skips time (``durable_clock.advance``).
+        """
+
+    @abc.abstractmethod
     def waiting_count(self) -> int:
         """Return how many workflows are WAITING (for metrics and tests)."""
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from ..timeouts import earliest, timed_out_error
 from .records import Dispatch, WorkflowRecord, WorkflowStatus
-from .schema import CLEARED_WAIT
+from .schema import ACTIVE_STATUSES, CLEARED_WAIT
 
 if TYPE_CHECKING:
     from .base import Lease
@@ -125,6 +125,18 @@ class SQLRecovery:
             dispatched_at=None,
             **CLEARED_WAIT,
         )
+
+    def shift_deadlines(self, seconds: float) -> int:
+        w = self.t.workflows
+        unfinished = w.c.status.in_(ACTIVE_STATUSES)
+        timed = sa.or_(w.c.deadline.is_not(None), w.c.timeout_at.is_not(None), w.c.timer_due.is_not(None))
+        with self._tx() as conn:
+            result = conn.execute(
+                sa.update(w)
+                .where(unfinished, timed)
+                .values(deadline=w.c.deadline - seconds, timeout_at=w.c.timeout_at - seconds, timer_due=None)
+            )
+        return int(result.rowcount)
 
     def waiting_count(self) -> int:
         w = self.t.workflows

@@ -1,6 +1,6 @@
 """Hostile and ordinary values for every kind of argument, and the oracle that says which ones are valid.
 
-The oracles restate the README's "Input rules" independently of ``celery_durable.validation``, so the
+The oracles restate the "Input rules" of docs/workflows.md independently of ``celery_durable.validation``, so the
 suite checks the rules, not the code against itself.
 """
 
