@@ -85,32 +85,6 @@ class PostgresStore(SQLStore):
             "wake.ticket, wake.name, wake.queue FROM (SELECT 1) AS one LEFT JOIN wake ON true"
         )
 
-        finish_update = (
-            f"UPDATE {w} SET status = :status, output = :output, error = :error, "
-            "updated_at = :now, wait_kind = NULL, wait_target = NULL, wait_topics = NULL, "
-            "wait_step = NULL, deadline = NULL, timer_due = NULL "
-            "WHERE workflow_id = :wid AND status = 'RUNNING'"
-        )
-        self._q_finish_top = sa.text(
-            f"WITH u AS ({finish_update} RETURNING 1 AS one) "
-            f"SELECT pg_advisory_unlock({_KEY}) AS unlocked FROM (SELECT count(*) AS n FROM u) AS done"
-        )
-        # The child's row (u) first, then its parent's (p): the order a join takes them in (sql_children.py).
-        wake = "(p.awaiting <= 1 OR (:failed AND p.wait_target = 'first_error'))"
-        self._q_finish_child = sa.text(
-            f"WITH u AS ({finish_update} RETURNING parent_id, awaited), "
-            f"p AS (UPDATE {w} AS p SET awaiting = p.awaiting - 1, updated_at = :now, "
-            f"status = CASE WHEN {wake} THEN 'PENDING' ELSE p.status END, "
-            f"ticket = CASE WHEN {wake} THEN p.ticket + 1 ELSE p.ticket END, "
-            f"timer_due = CASE WHEN {wake} THEN NULL ELSE p.timer_due END, "
-            f"dispatched_at = CASE WHEN {wake} THEN :now ELSE p.dispatched_at END "
-            "FROM u WHERE u.awaited IS NOT NULL AND p.workflow_id = u.parent_id AND p.status = 'WAITING' "
-            "AND p.wait_kind = 'join' AND p.wait_step = u.awaited "
-            "RETURNING p.status, p.ticket, p.name, p.queue) "
-            f"SELECT pg_advisory_unlock({_KEY}) AS unlocked, p.status AS p_status, p.ticket AS p_ticket, "
-            "p.name AS p_name, p.queue AS p_queue FROM (SELECT count(*) AS n FROM u) AS done LEFT JOIN p ON true"
-        )
-
     def _key(self, kind: str, workflow_id: str) -> str:
         return f"{self.prefix}{kind}:{workflow_id}"
 
@@ -179,30 +153,38 @@ class PostgresStore(SQLStore):
 
         The unlock reads the UPDATE's result, so it runs after the row is updated and before the
         commit; whoever takes the lock next waits on the row lock until the commit, then sees the
-        workflow finished. A child uses the same statement with the parent's wake-up fused in
-        (``_q_finish_child``), so the end and the wake-up commit together.
+        workflow finished.
+
+        A child takes the generic path instead (one transaction of two statements; ``release`` drops
+        the lock): its parent's row must be read with a snapshot taken *after* the child's row lock
+        was granted, or a join committed meanwhile would be missed (see sql_children.py).
         """
         assert isinstance(lease, SQLLease)
-        params = {
-            "status": status.value,
-            "output": output,
-            "error": error,
-            "now": now,
-            "wid": lease.workflow_id,
-            "k": self._key("x", lease.workflow_id),
-        }
-        if lease.parent_id is None:
-            row = lease.conn.execute(self._q_finish_top, params).one()
-        else:  # hook (children)
-            params["failed"] = status != WorkflowStatus.SUCCESS
-            row = lease.conn.execute(self._q_finish_child, params).one()
+        if lease.parent_id is not None:  # hook (children)
+            return super().finish(lease, status, output, error, now)
+        w = self.t.workflows
+        row = lease.conn.execute(
+            sa.text(
+                f"WITH u AS (UPDATE {w.name} SET status = :status, output = :output, error = :error, "
+                "updated_at = :now, wait_kind = NULL, wait_target = NULL, wait_topics = NULL, "
+                "wait_step = NULL, deadline = NULL, timer_due = NULL "
+                "WHERE workflow_id = :wid AND status = 'RUNNING' RETURNING 1 AS one) "
+                f"SELECT pg_advisory_unlock({_KEY}) AS unlocked FROM (SELECT count(*) AS n FROM u) AS done"
+            ),
+            {
+                "status": status.value,
+                "output": output,
+                "error": error,
+                "now": now,
+                "wid": lease.workflow_id,
+                "k": self._key("x", lease.workflow_id),
+            },
+        ).one()
         lease.conn.commit()
         lease.finished = True
         if not row.unlocked:
             lease.conn.invalidate()  # never pool a session that may still hold the lock
-        if lease.parent_id is None or row.p_status != WorkflowStatus.PENDING.value:
-            return []
-        return [Dispatch(lease.parent_id, row.p_name, row.p_queue, int(row.p_ticket))]
+        return []
 
     def wait_step(self, lease: Lease, request: WaitRequest) -> StepRecord | Suspended:
         """A ``recv`` that finds its message consumes it in one statement (one round trip).

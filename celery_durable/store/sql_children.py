@@ -9,11 +9,16 @@ deadlock each other):
 * the join marks each unfinished awaited child (``awaited`` = the join's step id) with an UPDATE that
   locks the child's row and counts only children still unfinished at that moment; then it records the
   wait on the parent's row with ``awaiting`` = that count;
-* a child's finish (``finish``, PostgreSQL's fused statement, ``cancel``, the sweep's timeout) updates
+* a child's finish (``finish``, ``cancel``, the sweep's timeout) updates
   the child's row, and when it carries ``awaited`` decrements ``awaiting`` on its parent's row, but only
   while the parent still waits in that very join (status WAITING, ``wait_kind`` 'join', ``wait_step`` =
   ``awaited``); it wakes the parent when the count reaches 0, or at once for a failed child when the join
   ends at the first error.
+
+Both sides are transactions of several statements, so on PostgreSQL (READ COMMITTED) the child's
+statement on its parent's row takes its snapshot after the child's row lock was granted, that is after
+a join that marked it committed. (One fused statement would read the parent with a snapshot taken
+before that, and miss the wait: the hammer in tests/store/test_children.py caught exactly that.)
 
 Either the child finished before the join's UPDATE reached its row (the join does not count it: it
 reads it as finished), or the join marked it first (the child's finish waits for the join's commit,
