@@ -3,6 +3,7 @@
 from .client import DurableClient
 from .config import DurableConfig
 from .errors import (
+    ChildWorkflowCancelled,
     ConfigurationError,
     DurableError,
     InvalidArgument,
@@ -23,6 +24,7 @@ from .integration import Durable, WorkflowTask
 from .store import MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
 
 __all__ = [
+    "ChildWorkflowCancelled",
     "ConfigurationError",
     "Durable",
     "DurableClient",
