@@ -137,9 +137,7 @@ def join(
     engine = ctx.engine
     if recorded is None:
         lease = ctx.lease
-        request = JoinRequest(
-            step_id, name, tuple(ids), fail_fast, timeout, engine.clock(), engine.config.horizon
-        )
+        request = JoinRequest(step_id, name, tuple(ids), fail_fast, timeout, engine.clock(), engine.config.horizon)
         result = ctx._store(_passing(lambda: engine.store.wait_children(lease, request)), "a wait for children")
         if isinstance(result, Exception):
             raise result
@@ -154,7 +152,9 @@ def join(
         checkpoint = StepRecord(ctx.workflow_id, step_id, name, JOIN, output, None, None, now, now)
         recorded = ctx._store(lambda: engine.store.record_step(lease, checkpoint), "a wait for children")
     if recorded.output is None:
-        raise TimeoutError(f"workflow {ctx.workflow_id!r}: children {_shown(ids)} did not all finish within {timeout} s")
+        raise TimeoutError(
+            f"workflow {ctx.workflow_id!r}: children {_shown(ids)} did not all finish within {timeout} s"
+        )
     return [
         ChildOutcome(cid, WorkflowStatus(status) if status else None, output, error, timeout_at)
         for cid, status, output, error, timeout_at in json.loads(recorded.output)
@@ -212,7 +212,9 @@ def parent_context(handle: WorkflowHandle) -> core.WorkflowContext | None:
 
 def child_result(ctx: core.WorkflowContext, handle: WorkflowHandle, timeout: float | None) -> Any:
     """``handle.result()`` of a child inside its parent: a durable join on that one child."""
-    (value,) = results(ctx.engine.serializer.loads, join(ctx, [handle.workflow_id], fail_fast=True, timeout=timeout), False)
+    (value,) = results(
+        ctx.engine.serializer.loads, join(ctx, [handle.workflow_id], fail_fast=True, timeout=timeout), False
+    )
     return value
 
 

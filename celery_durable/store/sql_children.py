@@ -144,9 +144,9 @@ class SQLChildren:
         w = self.t.workflows
         rows: dict[str, Any] = {}
         for chunk in chunks(ids):
-            query = sa.select(
-                w.c.workflow_id, w.c.status, w.c.output, w.c.error, w.c.timeout_at, w.c.parent_id
-            ).where(w.c.workflow_id.in_(list(chunk)))
+            query = sa.select(w.c.workflow_id, w.c.status, w.c.output, w.c.error, w.c.timeout_at, w.c.parent_id).where(
+                w.c.workflow_id.in_(list(chunk))
+            )
             rows.update((r.workflow_id, r) for r in conn.execute(query))
         outcomes = []
         for child_id in ids:

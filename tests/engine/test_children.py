@@ -24,7 +24,9 @@ class Cluster:
 
     def __init__(self, store: Any, clock: Clock) -> None:
         self.published: list[Dispatch] = []
-        self.engine = core.Engine(store, JSONSerializer(), DurableConfig(horizon=60), self.published.append, clock=clock)
+        self.engine = core.Engine(
+            store, JSONSerializer(), DurableConfig(horizon=60), self.published.append, clock=clock
+        )
         self.bodies: dict[str, Any] = {}
         self.runs: dict[str, int] = {}
 
@@ -53,7 +55,13 @@ def cluster(store: Any) -> Cluster:
 def child_start(name: str, *args: Any, workflow_id: str | None = None) -> str:
     ctx = core.require_context("start")
     (cid,) = children.start_children(
-        ctx, name, [children.encode_inputs(ctx, name, args, {})], explicit_id=workflow_id, queue="q", timeout=None, version=None
+        ctx,
+        name,
+        [children.encode_inputs(ctx, name, args, {})],
+        explicit_id=workflow_id,
+        queue="q",
+        timeout=None,
+        version=None,
     )
     return cid
 

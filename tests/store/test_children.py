@@ -24,7 +24,9 @@ def spawn(h: Harness, parent: Lease, ids: list[str], step_id: int = 0, name: str
     return h.store.start_children(parent, specs, step(parent.workflow_id, step_id, kind="children"))
 
 
-def join(ids: list[str], step_id: int = 1, fail_fast: bool = False, timeout: float | None = None, now: float = T0) -> JoinRequest:
+def join(
+    ids: list[str], step_id: int = 1, fail_fast: bool = False, timeout: float | None = None, now: float = T0
+) -> JoinRequest:
     return JoinRequest(step_id, f"join:{step_id}", tuple(ids), fail_fast, timeout, now, 300.0)
 
 
@@ -36,7 +38,9 @@ def claim(h: Harness, workflow_id: str) -> Lease:
     return lease
 
 
-def end(h: Harness, lease: Lease, status: WorkflowStatus = WorkflowStatus.SUCCESS, output: str = '"ok"') -> list[Dispatch]:
+def end(
+    h: Harness, lease: Lease, status: WorkflowStatus = WorkflowStatus.SUCCESS, output: str = '"ok"'
+) -> list[Dispatch]:
     error = None if status is WorkflowStatus.SUCCESS else '{"type": "builtins.ValueError", "message": "boom"}'
     wakeups = h.store.finish(lease, status, output if error is None else None, error, T0 + 1)
     h.release(lease)
