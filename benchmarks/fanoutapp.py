@@ -9,6 +9,7 @@ its kind, so both sides pay the same extra round trip and the driver counts exec
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -70,9 +71,9 @@ def fan_in(n: int) -> int:
     return sum(durable.map(square_wf, range(n)))
 
 
-@worker_ready.connect
 def _ready(**_: Any) -> None:
-    path = os.environ.get("BENCH_READY_FILE")
-    if path:
-        with open(path, "w") as f:
-            f.write(str(os.getpid()))
+    if os.environ.get("BENCH_READY_FILE"):  # the driver waits for this file (see _common.Worker)
+        Path(os.environ["BENCH_READY_FILE"]).write_text(str(os.getpid()))
+
+
+worker_ready.connect(_ready, weak=False)

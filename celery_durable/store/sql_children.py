@@ -30,7 +30,7 @@ and never a wrong result.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -70,19 +70,7 @@ class SQLChildren:
         def _select_workflow(
             self, conn: sa.Connection, workflow_id: str, for_update: bool = False
         ) -> WorkflowRecord | None: ...
-        def _suspend(
-            self,
-            conn: sa.Connection,
-            wf: WorkflowRecord,
-            kind: str,
-            target: str | None,
-            topics: tuple[str, ...],
-            step_id: int,
-            deadline: float | None,
-            now: float,
-            horizon: float,
-            **extra: Any,
-        ) -> Suspended: ...
+        _suspend: Callable[..., Suspended]  # SQLStore._suspend(conn, wf, kind, target, topics, step_id, ..., **extra)
         def is_transient(self, exc: BaseException) -> bool: ...
 
     # -- starting ---------------------------------------------------------------------------------

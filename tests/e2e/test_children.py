@@ -7,6 +7,9 @@ finishes once and the parent gets every result.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ import pytest
 
 from celery_durable import ChildWorkflowCancelled, WorkflowStatus, WorkflowTimedOut
 from tests.services import Worker, count_lines, running_worker, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def record(wf: Any, workflow_id: str) -> Any:
@@ -46,6 +51,17 @@ def test_child_result_error_messages_and_map(wf: Any, e2e_env: dict[str, str], t
     assert all(c.parent_id == "family" for c in children)
     lines = (Path(e2e_env["CD_COUNTER_DIR"]) / "child_square").read_text().split()
     assert sorted(int(v) for v in lines[1::2]) == [1, 2, 3, 7], "each child's step ran once"
+    # `celery durable show` names the children and counts them by status.
+    shown = subprocess.run(
+        [str(Path(sys.executable).with_name("celery")), "-A", "tests.apps.wfapp", "durable", "show", "family"],
+        env={**os.environ, **e2e_env, "PYTHONPATH": str(ROOT)},
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    (line,) = [x for x in shown.stdout.splitlines() if x.startswith("children")]
+    assert "family-0" in line and "(6: 6 SUCCESS)" in line, shown.stdout + shown.stderr
 
 
 def test_cancel_and_timeout_cascade(wf: Any, e2e_env: dict[str, str]) -> None:
