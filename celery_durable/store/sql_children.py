@@ -23,7 +23,8 @@ before that, and miss the wait: the hammer in tests/store/test_children.py caugh
 Either the child finished before the join's UPDATE reached its row (the join does not count it: it
 reads it as finished), or the join marked it first (the child's finish waits for the join's commit,
 then sees the mark and the recorded wait, and decrements). A child finishing between the join's read
-and its marking makes the join read again. A parent woken too early (a resumed child finishing twice)
+and its marking is simply not counted; the join reads again only when no child is left to wake it,
+or when such a child may have failed a fail-fast join. A parent woken too early (a resumed child finishing twice)
 only waits again: each join recounts from the children's rows, so extra wake-ups cost one execution
 and never a wrong result.
 """
@@ -160,19 +161,23 @@ class SQLChildren:
                 active = [o.workflow_id for o in outcomes if o.status is not None and not o.status.is_terminal]
                 if not active or (request.fail_fast and any(o.failed for o in outcomes)):
                     return Joined(tuple(outcomes))
-                marked = 0
+                marked: set[str] = set()
                 for chunk in chunks(active):
-                    marked += len(
+                    marked.update(
                         conn.execute(
                             w.update()
                             .where(w.c.workflow_id.in_(list(chunk)), w.c.status.in_(ACTIVE_STATUSES))
                             .values(awaited=request.step_id)
                             .returning(w.c.workflow_id)
-                        ).all()
+                        ).scalars()
                     )
-                if marked == len(active):
+                # Children that finished between the read and the marking did not see the mark: they are
+                # done and not counted. Read again only when that matters -- none is left to wake us, or
+                # one of them may have failed a fail-fast join -- so a large fan-out whose children keep
+                # finishing never makes this loop chase them.
+                missed = [cid for cid in active if cid not in marked]
+                if marked and not (request.fail_fast and missed and self._any_failed(conn, missed)):
                     break
-                # A child finished between the read and its marking (its finish did not see the mark): read again.
             wf = self._select_workflow(conn, parent, for_update=True)
             if wf is None or wf.status != WorkflowStatus.RUNNING:
                 self._raise_if_cancelled(conn, parent)
@@ -185,8 +190,18 @@ class SQLChildren:
                 return Joined(tuple(outcomes), timed_out=True)
             target = FIRST_ERROR if request.fail_fast else ALL
             return self._suspend(
-                conn, wf, JOIN, target, (), request.step_id, deadline, now, request.horizon, awaiting=marked
+                conn, wf, JOIN, target, (), request.step_id, deadline, now, request.horizon, awaiting=len(marked)
             )
+
+    def _any_failed(self, conn: sa.Connection, ids: Sequence[str]) -> bool:
+        w = self.t.workflows
+        failed = [s.value for s in _FAILED]
+        return any(
+            conn.execute(
+                sa.select(w.c.workflow_id).where(w.c.workflow_id.in_(list(chunk)), w.c.status.in_(failed)).limit(1)
+            ).first()
+            for chunk in chunks(ids)
+        )
 
     # -- a child ends: wake its parent -----------------------------------------------------------------
     def _child_finished(

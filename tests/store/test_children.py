@@ -166,11 +166,13 @@ def test_sweep_timing_out_a_child_cancels_its_children_and_wakes_its_parent(h: H
     assert h.store.get_workflow("p-0-0").status is WorkflowStatus.CANCELLED  # type: ignore[union-attr]
 
 
-def test_no_lost_wakeup_between_join_and_finishing_children(h: Harness) -> None:
+@pytest.mark.parametrize("fail_fast", [False, True])
+def test_no_lost_wakeup_between_join_and_finishing_children(h: Harness, fail_fast: bool) -> None:
     """Invariant (join): whatever the interleaving of a parent's join on K children and those K children
     finishing, the parent gets exactly one way forward -- the join completes at once (and no finish
-    returns a wake-up), or the join is recorded and exactly one finish (the last) returns the wake-up,
-    with the parent's current ticket. Never neither (a parent asleep forever) nor both.
+    returns a wake-up), or the join is recorded and exactly one finish (the last; with fail_fast, the
+    failed one or the last) returns the wake-up, with the parent's current ticket. Never neither (a
+    parent asleep forever) nor both. With fail_fast one child (a different one each round) fails.
     """
     store = h.store
     kids, rounds = 4, 40
@@ -178,10 +180,12 @@ def test_no_lost_wakeup_between_join_and_finishing_children(h: Harness) -> None:
 
     def wait(lease: Lease, ids: list[str]) -> Any:
         barrier.wait(30)
-        return store.wait_children(lease, join(ids))
+        return store.wait_children(lease, join(ids, fail_fast=fail_fast))
 
-    def finish(lease: Lease) -> list[Dispatch]:
+    def finish(lease: Lease, failed: bool) -> list[Dispatch]:
         barrier.wait(30)
+        if failed:
+            return store.finish(lease, WorkflowStatus.ERROR, None, '{"type": "x", "message": "y"}', T0 + 1)
         return store.finish(lease, WorkflowStatus.SUCCESS, '"ok"', None, T0 + 1)
 
     with ThreadPoolExecutor(kids + 1) as pool:
@@ -191,7 +195,7 @@ def test_no_lost_wakeup_between_join_and_finishing_children(h: Harness) -> None:
             spawn(h, parent, ids)
             leases = [claim(h, cid) for cid in ids]
             waited = pool.submit(wait, parent, ids)
-            ended = [pool.submit(finish, lease) for lease in leases]
+            ended = [pool.submit(finish, lease, fail_fast and k == i % kids) for k, lease in enumerate(leases)]
             result = waited.result(60)
             wakeups = [d for f in ended for d in f.result(60)]
             for lease in leases:
