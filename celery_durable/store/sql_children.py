@@ -71,7 +71,9 @@ class SQLChildren:
         def _select_workflow(
             self, conn: sa.Connection, workflow_id: str, for_update: bool = False
         ) -> WorkflowRecord | None: ...
+
         _suspend: Callable[..., Suspended]  # SQLStore._suspend(conn, wf, kind, target, topics, step_id, ..., **extra)
+
         def is_transient(self, exc: BaseException) -> bool: ...
 
     # -- starting ---------------------------------------------------------------------------------
