@@ -61,7 +61,7 @@ def test_child_result_error_messages_and_map(wf: Any, e2e_env: dict[str, str], t
         timeout=120,
     )
     (line,) = [x for x in shown.stdout.splitlines() if x.startswith("children")]
-    assert "family-0" in line and "(6: 6 SUCCESS)" in line, shown.stdout + shown.stderr
+    assert "family-0" in line and "(6: 1 ERROR, 5 SUCCESS)" in line, shown.stdout + shown.stderr
 
 
 def test_cancel_and_timeout_cascade(wf: Any, e2e_env: dict[str, str]) -> None:
