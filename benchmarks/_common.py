@@ -65,13 +65,20 @@ class Worker:
     """A ``celery -A benchmarks.benchapp worker`` subprocess in its own process group."""
 
     def __init__(
-        self, env: dict[str, str], concurrency: int = 2, pool: str = "prefork", loglevel: str = "warning"
+        self,
+        env: dict[str, str],
+        concurrency: int = 2,
+        pool: str = "prefork",
+        loglevel: str = "warning",
+        app: str = "benchmarks.benchapp",
+        name: str | None = None,
     ) -> None:
         self.tag = env["BENCH_TAG"]
-        self.ready_file = Path(tempfile.gettempdir()) / f"{self.tag}.ready"
-        self.log = Path(tempfile.gettempdir()) / f"{self.tag}-worker.log"
+        self.ready_file = Path(tempfile.gettempdir()) / f"{name or self.tag}.ready"
+        self.log = Path(tempfile.gettempdir()) / f"{name or self.tag}-worker.log"
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "BENCH_READY_FILE": str(self.ready_file)}
-        self.name = f"{self.tag}@%h"
+        self.app = app
+        self.name = f"{name or self.tag}@%h"
         self.concurrency = concurrency
         self.pool = pool
         self.loglevel = loglevel
@@ -81,7 +88,7 @@ class Worker:
         self.ready_file.unlink(missing_ok=True)
         self._log_file = open(self.log, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "benchmarks.benchapp", "worker",
+            [sys.executable, "-m", "celery", "-A", self.app, "worker",
              "-P", self.pool, "-c", str(self.concurrency), "-n", self.name, "-l", self.loglevel,
              "-Q", f"{self.tag}-q", "--without-gossip", "--without-mingle", "--without-heartbeat"],
             env=self.env, cwd=str(ROOT), stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .client import DurableClient
     from .config import DurableConfig
     from .errors import (
+        ChildWorkflowCancelled,
         ConfigurationError,
         DurableError,
         InvalidArgument,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .store import MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
 
 __all__ = [
+    "ChildWorkflowCancelled",
     "ConfigurationError",
     "Durable",
     "DurableClient",

@@ -12,6 +12,7 @@ message, takes it before the command: ``durable --json send ...``). Exit status 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import functools
@@ -341,7 +342,14 @@ def show(client: Client, out: _Out, workflow_id: str) -> None:
     lines.append(f"parent       {record.parent_id or '-'}")
     if record.forked_from:
         lines.append(f"forked from  {record.forked_from} at step {record.forked_from_step}")
-    lines.append(f"children     {', '.join(c.workflow_id for c in children) or '-'}")
+    # A fan-out may have thousands of children: name the first few and count them by status.
+    shown = ", ".join(c.workflow_id for c in children[-10:][::-1])  # the list is newest first
+    more = len(children) - min(len(children), 10)
+    by_status = collections.Counter(c.status.value for c in children)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+    total = f"{len(children)}{'+' if len(children) == 1000 else ''}"
+    summary = f"{shown}{f' and {more} more' if more else ''} ({total}: {counts})" if children else "-"
+    lines.append(f"children     {summary}")
     lines += ["", "steps:", *("  " + x for x in _table(_STEP_HEADERS, _step_rows(client, steps)))]
     message_rows = [[m.seq, m.topic or "-", _when(m.sent_at), _short(m.payload)] for m in pending]
     lines += ["", "pending messages:", *("  " + x for x in _table(("SEQ", "TOPIC", "SENT (UTC)", "PAYLOAD"), message_rows))]

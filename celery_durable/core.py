@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from . import retries, versioning
 from .config import DurableConfig
 from .errors import (
+    ChildWorkflowCancelled,
     DurableError,
     NonDeterministicWorkflow,
     NotInWorkflow,
@@ -268,10 +269,19 @@ class Engine:
         except Suspend as suspend:
             return Waiting(suspend.dispatch)
         except _TimedOut as stop:
-            # Hook: when child workflows exist, cancel this workflow's children here (and where the
-            # store's sweep times out a workflow that is not running: SQLStore._time_out).
             log.warning("workflow %s stopped: %s", record.workflow_id, stop.error)
-            return self._finish(lease, WorkflowStatus.CANCELLED, None, encode_error(stop.error), Cancelled(stop.error))
+            outcome = self._finish(lease, WorkflowStatus.CANCELLED, None, encode_error(stop.error), Cancelled(stop.error))
+            # Hook (children): stop its unfinished children too. Best effort: they inherited this
+            # deadline at start (children.py), so each stops by itself if this is lost.
+            try:
+                self.store.cancel_descendants(record.workflow_id, self.clock())
+            except Exception:
+                log.warning("could not cancel the children of %s; their deadline will", record.workflow_id, exc_info=True)
+            return outcome
+        except ChildWorkflowCancelled as exc:  # hook (children): a child's cancel is an error of this body, not its cancel
+            if ctx.store_error is not None:
+                return Interrupted(ctx.store_error)
+            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(exc), Failed(exc))
         except (_Cancelled, WorkflowCancelled):
             return Cancelled()
         except self.passthrough as exc:
@@ -288,7 +298,7 @@ class Engine:
         self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, outcome: Outcome
     ) -> Outcome:
         try:
-            self.store.finish(lease, status, output, error, self.clock())
+            wakeups = self.store.finish(lease, status, output, error, self.clock())
         except Exception as exc:
             if self.store.is_transient(exc):
                 return Interrupted(exc)
@@ -297,6 +307,8 @@ class Engine:
             # The output itself was refused (a custom serializer's text): record that as the error.
             rejected = _rejected(exc, "the workflow's output", lease.workflow_id)
             return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected))
+        if wakeups:  # hook (children): a parent waiting for this workflow
+            self.publish_all(wakeups)
         return outcome
 
 

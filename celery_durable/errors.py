@@ -66,6 +66,14 @@ class WorkflowCancelled(DurableError):
     """Raised when a workflow was cancelled."""
 
 
+class ChildWorkflowCancelled(WorkflowCancelled):
+    """Raised in a parent workflow when a child it waits for was cancelled (or stopped by its own deadline).
+
+    Unlike the parent's own cancellation, it is an ordinary error of the parent's body: catch it,
+    or the parent ends in ERROR with it.
+    """
+
+
 class WorkflowTimedOut(WorkflowCancelled):
     """Raised by ``result()`` when a workflow was stopped because its own deadline (``timeout=``) passed.
 

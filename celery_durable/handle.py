@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import children
 from .errors import WorkflowCancelled, WorkflowTimedOut
 from .serialization import decode_error
 from .store import StepRecord, WorkflowRecord, WorkflowStatus
@@ -17,9 +18,11 @@ if TYPE_CHECKING:
 class WorkflowHandle:
     """A workflow by id: its status, result, steps; cancel it."""
 
-    def __init__(self, durable: Client, workflow_id: str) -> None:
+    def __init__(self, durable: Client, workflow_id: str, *, parent_id: str | None = None) -> None:
         self._durable = durable
         self.workflow_id = check_id(workflow_id)
+        #: The workflow that started this one as a child, when this handle came from that start.
+        self.parent_id = parent_id
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.workflow_id!r}>"
@@ -48,9 +51,16 @@ class WorkflowHandle:
         :class:`~celery_durable.errors.WorkflowCancelled` for a cancelled one
         (:class:`~celery_durable.errors.WorkflowTimedOut` when its deadline stopped it), and the builtin
         ``TimeoutError`` when it has not finished within *timeout* seconds.
+
+        In the body of the workflow that started it as a child, it waits durably instead (the parent
+        leaves its worker and is woken when the child finishes; see children.py), and a child's error
+        is raised as :class:`~celery_durable.errors.WorkflowFailed` (cancelled: ``ChildWorkflowCancelled``).
         """
         timeout = check_timeout(timeout)
         poll_interval = check_poll_interval(poll_interval)
+        ctx = children.parent_context(self)
+        if ctx is not None:  # hook (children): in its parent's body, a child's result is a durable wait
+            return children.child_result(ctx, self, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:

@@ -28,7 +28,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from . import core, hooks, versioning
+from . import children, core, hooks, versioning
 from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
@@ -90,6 +90,9 @@ class WorkflowTask(Task):
         *timeout* (seconds, default the workflow's own ``timeout``) fixes its deadline now: once it
         passes, the workflow stops and ends CANCELLED (``result()`` raises ``WorkflowTimedOut``).
         """
+        ctx = core.current_context()
+        if ctx is not None and not ctx.in_step:  # hook (children): inside a workflow, start a child (a checkpoint)
+            return self.durable._start_child(self, args, kwargs, workflow_id, timeout)
         result = self.durable._start(self, args, kwargs, workflow_id, {}, timeout=timeout)
         return WorkflowHandle(self.durable, result.id)  # it exists: _start just stored or found it
 
@@ -102,7 +105,7 @@ class WorkflowTask(Task):
         return self.durable._start(self, args, kwargs, task_id, options)
 
 
-class Durable(Client):
+class Durable(children.ChildrenAPI, Client):
     """Durable workflows for a Celery app.
 
     ``Durable(app)`` stores workflows in an SQLite file (``celery_durable.sqlite3`` in the
@@ -139,6 +142,9 @@ class Durable(Client):
         self.recover_task = app.task(name=f"celery_durable.{self.config.table_prefix}recover", shared=False)(
             self.recover
         )
+        # Children (children.py): durable.map(step, items) runs each item as a child of this workflow.
+        self._steps: dict[str, Callable[..., Any]] = {}
+        self._step_workflow = self.workflow(name=f"celery_durable.{self.config.table_prefix}map_step")(self._map_step)
         worker_process_init.connect(self._after_fork, weak=False)
         worker_ready.connect(self._on_worker_ready, weak=False)
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
@@ -267,6 +273,7 @@ class Durable(Client):
             return ctx.run_step(step_name, fn, args, kwargs, policy)
 
         wrapper.step_name = step_name  # type: ignore[attr-defined]
+        self._steps[step_name] = wrapper  # hook (children): map runs steps by name
         self._register(step_name, fn)
         return wrapper  # type: ignore[return-value]
 
@@ -418,6 +425,13 @@ class Durable(Client):
 
     def _publish(self, dispatch: Dispatch) -> None:
         publish_dispatch(self.app, dispatch)
+
+    def _map_step(self, step_name: str, item: Any) -> Any:
+        """The body of the child workflows ``map`` starts for a step: run that step once, as a step."""
+        step = self._steps.get(step_name)
+        if step is None:
+            raise ConfigurationError(f"no step named {step_name!r} is registered in this worker")
+        return step(item)
 
     # -- messaging inside workflows (send, get_event and everything else a producer calls: Client) -----
     def recv(self, topic: str | None = None, timeout: float | None = 60, default: Any = None) -> Any:

@@ -202,9 +202,11 @@ class Management:
 
     # -- changing workflows ---------------------------------------------------------------------------------
     def cancel(self, workflow_id: str) -> WorkflowStatus:
-        record = self.store.cancel(core.check_id(workflow_id), self.engine.clock())
+        # The cascade to its children and the wake-up of a parent waiting on it: children.py.
+        record, wakeups = self.store.cancel_tree(core.check_id(workflow_id), self.engine.clock())
         if record is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
+        self.engine.publish_all(wakeups)
         return record.status
 
     def resume(self, workflow_id: str) -> WorkflowRecord:

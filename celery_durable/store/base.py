@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
+from .child_records import ChildSpec, Joined, JoinRequest
 from .records import (
     Dispatch,
     Execution,
@@ -116,6 +117,46 @@ class Store(abc.ABC):
         """Mark a workflow CANCELLED unless it already finished; bump its ticket so queued messages go stale.
 
         Return the record after the change (or unchanged when it had finished), ``None`` if unknown.
+        Like :meth:`cancel_tree`, except that a parent it wakes is left to the sweep.
+        """
+
+    # -- children (sql_children.py) -------------------------------------------------------------------
+    @abc.abstractmethod
+    def cancel_tree(self, workflow_id: str, now: float) -> tuple[WorkflowRecord | None, list[Dispatch]]:
+        """:meth:`cancel`, and in the same transaction cancel the workflow's unfinished children (and theirs),
+        and count its end on a parent whose join awaits it; return the record and the wake-ups to publish."""
+
+    @abc.abstractmethod
+    def cancel_descendants(self, workflow_id: str, now: float) -> int:
+        """Cancel the unfinished children of *workflow_id*, and theirs, in one transaction; return how many."""
+
+    @abc.abstractmethod
+    def start_children(self, lease: Lease, children: Sequence[ChildSpec], checkpoint: StepRecord) -> list[Dispatch]:
+        """Create the leased workflow's *children* (PENDING, ticket 0, ``parent_id`` the leased workflow) and
+        write *checkpoint*, in one transaction; return the first task message of each child it created.
+
+        An id that exists already as a child of this workflow with the same name is kept (and not
+        returned); any other existing id raises ``WorkflowConflict`` and writes nothing. Raises
+        ``WorkflowCancelled`` (writing nothing) when the workflow was cancelled. A cancel of the parent
+        either sees the children or makes this call fail: never a child of a cancelled parent left running.
+        Batches use a bounded number of statements (one per 1,000 children).
+        """
+
+    @abc.abstractmethod
+    def wait_children(self, lease: Lease, request: JoinRequest) -> Joined | Suspended:
+        """Complete a join or record its wait, in one transaction (nothing is written when it completes).
+
+        Completes (returns :class:`Joined` with every child's outcome, in the order asked) when every
+        child in ``request.child_ids`` finished, or, with ``fail_fast``, when one of them ended in ERROR or
+        CANCELLED; a child that does not exist counts as failed. A passed deadline (recorded as for
+        :meth:`wait_step`) completes it with ``timed_out``. Otherwise the unfinished children are marked
+        as awaited by this step, the workflow becomes WAITING (wait kind ``"join"``) with the count of
+        them, its ticket is bumped, and the timer is returned as for :meth:`wait_step`.
+
+        **No lost wake-up**: every child counted here counts its end on the parent (``finish``,
+        ``cancel``, the sweep's timeout), and the last one (or, with ``fail_fast``, the first failed one)
+        wakes it: exactly one wake-up per wait. Children are read in a bounded number of statements.
+        Raises ``InvalidArgument`` for an id that is not a child of the leased workflow.
         """
 
     # -- execution ----------------------------------------------------------------------------
@@ -196,11 +237,15 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
-        """Record the end of the workflow unless it was cancelled meanwhile.
+    def finish(
+        self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float
+    ) -> list[Dispatch]:
+        """Record the end of the workflow unless it was cancelled meanwhile; return wake-ups to publish.
 
         *status* is SUCCESS (with *output*), ERROR (with *error*) or CANCELLED (with *error*
-        saying why, such as an encoded ``WorkflowTimedOut``).
+        saying why, such as an encoded ``WorkflowTimedOut``). A child that a join of its parent
+        awaits counts its end on the parent in the same transaction, and returns the parent's
+        wake-up when it is due (see :meth:`wait_children`); anything else returns ``[]``.
 
         It is the last write of an execution: a backend may release the lock with it, after the
         row is updated (:meth:`release` must still be called, and then only returns the connection).
@@ -310,7 +355,8 @@ class Store(abc.ABC):
 
         * PENDING, WAITING, or RUNNING with a free lock, whose own ``timeout_at`` has passed: no
           execution can stop it, so the sweep does: it becomes CANCELLED, its ``error`` an encoded
-          ``WorkflowTimedOut``, its ticket bumped (queued messages go stale). Nothing is dispatched.
+          ``WorkflowTimedOut``, its ticket bumped (queued messages go stale), its unfinished children
+          cancelled; only a parent whose join awaits it is dispatched (woken).
 
         A workflow whose lock is held is never touched, so sweeping a running workflow is harmless.
         """

@@ -135,6 +135,7 @@ class PostgresStore(SQLStore):
         if row.workflow_id is None:
             return lease, None
         record = self._workflow(row)
+        lease.parent_id = record.parent_id  # hook (children): finish() wakes a waiting parent
         if record.executions == 1:
             return lease, Execution(record, {})  # the first execution: no checkpoint can exist
         try:
@@ -145,14 +146,22 @@ class PostgresStore(SQLStore):
             self.release(lease)
             raise
 
-    def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
+    def finish(
+        self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float
+    ) -> list[Dispatch]:
         """Record the end and release the lock in one statement.
 
         The unlock reads the UPDATE's result, so it runs after the row is updated and before the
         commit; whoever takes the lock next waits on the row lock until the commit, then sees the
         workflow finished.
+
+        A child takes the generic path instead (one transaction of two statements; ``release`` drops
+        the lock): its parent's row must be read with a snapshot taken *after* the child's row lock
+        was granted, or a join committed meanwhile would be missed (see sql_children.py).
         """
         assert isinstance(lease, SQLLease)
+        if lease.parent_id is not None:  # hook (children)
+            return super().finish(lease, status, output, error, now)
         w = self.t.workflows
         row = lease.conn.execute(
             sa.text(
@@ -175,6 +184,7 @@ class PostgresStore(SQLStore):
         lease.finished = True
         if not row.unlocked:
             lease.conn.invalidate()  # never pool a session that may still hold the lock
+        return []
 
     def wait_step(self, lease: Lease, request: WaitRequest) -> StepRecord | Suspended:
         """A ``recv`` that finds its message consumes it in one statement (one round trip).

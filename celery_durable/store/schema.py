@@ -58,6 +58,14 @@ def _v2_workflow_columns() -> list[sa.Column[Any]]:
     ]
 
 
+def _v3_workflow_columns() -> list[sa.Column[Any]]:
+    """Columns schema version 3 added to the workflows table (child workflows: durable joins, see sql_children.py)."""
+    return [
+        sa.Column("awaited", sa.Integer),  # on a child: the parent's step id that waits for it (NULL: none)
+        sa.Column("awaiting", sa.Integer),  # on a parent waiting in a join: awaited children not finished yet
+    ]
+
+
 def build_tables(prefix: str, version: int | None = None) -> Tables:
     """Declare the schema under *prefix*: the newest, or as it stood at schema *version*."""
     version = LATEST_VERSION if version is None else version
@@ -85,6 +93,7 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
         *(_v2_workflow_columns() if version >= 2 else []),
+        *(_v3_workflow_columns() if version >= 3 else []),
     )
     sa.Index(f"{prefix}workflows_created", workflows.c.created_at)
     sa.Index(f"{prefix}workflows_status", workflows.c.status, workflows.c.created_at)
@@ -164,6 +173,13 @@ def _v2_operations(conn: sa.Connection, tables: Tables) -> None:
             index.create(conn)
 
 
+def _v3_children(conn: sa.Connection, tables: Tables) -> None:
+    w = tables.workflows
+    for column in _v3_workflow_columns():
+        ddl = sa.schema.CreateColumn(w.c[column.name]).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {w.name} ADD COLUMN {ddl}")
+
+
 # Append new migrations here; never edit one that has shipped.
-MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations]
+MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations, _v3_children]
 LATEST_VERSION = len(MIGRATIONS)

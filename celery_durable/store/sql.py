@@ -28,6 +28,7 @@ from .records import (
     WorkflowStatus,
 )
 from .schema import ACTIVE_STATUSES, CLEARED_WAIT, LATEST_VERSION, MIGRATIONS, build_tables
+from .sql_children import SQLChildren
 from .sql_ops import SQLOperations
 from .sql_recovery import SQLRecovery
 
@@ -51,9 +52,10 @@ class SQLLease(Lease):
         # that need several statements issue BEGIN/COMMIT themselves (see SQLStore._tx).
         self.autocommit = autocommit
         self.finished = False  # set by finish(): the workflow will never run again
+        self.parent_id: str | None = None  # set by the claim: finish() wakes a parent only for children
 
 
-class SQLStore(SQLOperations, SQLRecovery, Store):
+class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
     """Every query of the store (the operators' ones in ``sql_ops.py``); subclasses provide the engine and the locks."""
 
     #: Whether lone statements outside executions may run on autocommit connections.
@@ -292,15 +294,12 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             return [self._step(r) for r in rows]
 
     def cancel(self, workflow_id: str, now: float) -> WorkflowRecord | None:
-        w = self.t.workflows
-        with self._tx() as conn:
-            self._lock_channel(conn, "m", workflow_id)
-            conn.execute(
-                w.update()
-                .where(w.c.workflow_id == workflow_id, w.c.status.in_(ACTIVE_STATUSES))
-                .values(status=WorkflowStatus.CANCELLED.value, ticket=w.c.ticket + 1, updated_at=now, **CLEARED_WAIT)
-            )
-            return self._select_workflow(conn, workflow_id)
+        # Children: the cancel cascades (sql_children.py); a parent it wakes is left to the sweep here,
+        # callers that publish use cancel_tree.
+        record, wakeups = self.cancel_tree(workflow_id, now)
+        for dispatch in wakeups:
+            self.leave_to_sweep(dispatch)
+        return record
 
     # -- execution ------------------------------------------------------------------------------
     def _hot_statements(self) -> None:
@@ -369,6 +368,8 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             if row is None:
                 return None
             record = self._workflow(row)
+            assert isinstance(lease, SQLLease)
+            lease.parent_id = record.parent_id  # hook (children): finish() wakes a waiting parent
             if record.executions == 1:
                 # Only an execution writes checkpoints, and this is the first one: nothing to read.
                 return Execution(record, {})
@@ -453,10 +454,12 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
         deadline: float | None,
         now: float,
         horizon: float,
+        **extra: Any,
     ) -> Suspended:
         """Record that *wf* (RUNNING, its row locked by the caller) now waits; return the timer to publish, if any.
 
         The timer is due at the earlier of the wait's deadline and the workflow's own deadline.
+        *extra* are more columns of the wait (a join's ``awaiting``).
         """
         wake = earliest(deadline, wf.timeout_at)
         armed = wake is not None and wake - now <= horizon
@@ -472,6 +475,7 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             deadline=deadline,
             timer_due=wake if armed else None,
             dispatched_at=None,
+            **extra,
         )
         assert ticket is not None  # we hold the execution lock and the row lock
         if not armed:
@@ -502,7 +506,9 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             assert wf is not None
             return self._suspend(conn, wf, "retry", wid, (name,), step_id, until, now, horizon)
 
-    def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
+    def finish(
+        self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float
+    ) -> list[Dispatch]:
         params = {
             "p_wid": lease.workflow_id,
             "p_status": status.value,
@@ -510,8 +516,17 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             "p_error": error,
             "p_now": now,
         }
+        assert isinstance(lease, SQLLease)
+        if lease.parent_id is not None:  # hook (children): a child wakes a parent waiting on it, in this transaction
+            with self._tx(lease) as conn:
+                row = conn.execute(self._q_finish.returning(self.t.workflows.c.awaited), params).first()
+                if row is None or row.awaited is None:
+                    return []
+                failed = status != WorkflowStatus.SUCCESS
+                return self._child_finished(conn, lease.parent_id, row.awaited, failed, now)
         with self._single(lease) as conn:
             conn.execute(self._q_finish, params)
+        return []
 
     # -- messages and events ----------------------------------------------------------------------
     def send(

@@ -35,6 +35,7 @@ class SQLRecovery:
         def _bump(self, conn: sa.Connection, wf: WorkflowRecord, now: float, **values: Any) -> int | None: ...
         def acquire(self, workflow_id: str) -> Lease | None: ...
         def release(self, lease: Lease) -> None: ...
+        def _stopped(self, conn: sa.Connection, workflow_id: str, failed: bool, now: float) -> list[Dispatch]: ...
 
     def sweep(self, now: float, horizon: float, grace: float, limit: int = 500) -> list[Dispatch]:
         w = self.t.workflows
@@ -84,8 +85,8 @@ class SQLRecovery:
             if wf is None:
                 return None
             if wf.timeout_at is not None and wf.timeout_at <= now and not wf.status.is_terminal:
-                self._time_out(conn, wf, now)
-                return None
+                wakeups = self._time_out(conn, wf, now)
+                return wakeups[0] if wakeups else None  # its parent, waiting on it
             pending = {"status": WorkflowStatus.PENDING.value, "timer_due": None, "dispatched_at": now}
             wake = earliest(wf.deadline, wf.timeout_at)
             if wf.status == WorkflowStatus.WAITING:
@@ -109,11 +110,12 @@ class SQLRecovery:
                 return None
             return Dispatch(wf.workflow_id, wf.name, wf.queue, ticket, countdown)
 
-    def _time_out(self, conn: sa.Connection, wf: WorkflowRecord, now: float) -> None:
+    def _time_out(self, conn: sa.Connection, wf: WorkflowRecord, now: float) -> list[Dispatch]:
         """Stop *wf*, whose own deadline passed while no execution ran it (we hold its execution lock).
 
         The engine does the same for a running workflow at its next step boundary (core._TimedOut).
-        Hook: when child workflows exist, cancel this workflow's children here too.
+        Its unfinished children are cancelled and a parent waiting on it is woken, in this
+        transaction (sql_children.py); the wake-up is returned.
         """
         assert wf.timeout_at is not None
         self._bump(
@@ -125,6 +127,7 @@ class SQLRecovery:
             dispatched_at=None,
             **CLEARED_WAIT,
         )
+        return self._stopped(conn, wf.workflow_id, True, now)  # hook (children)
 
     def shift_deadlines(self, seconds: float) -> int:
         w = self.t.workflows

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import sqlite
 
 from ..errors import ConfigurationError
 from .base import Lease
-from .records import WorkflowStatus
+from .records import Dispatch, WorkflowStatus
 from .sql import SQLLease, SQLStore
 from .transient import is_transient_sqlite
 
@@ -71,10 +71,13 @@ class SQLiteStore(SQLStore):
             raise
         return SQLLease(workflow_id, self.engine.connect(), fd)
 
-    def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
-        super().finish(lease, status, output, error, now)
+    def finish(
+        self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float
+    ) -> list[Dispatch]:
+        wakeups = super().finish(lease, status, output, error, now)
         assert isinstance(lease, SQLLease)
         lease.finished = True
+        return wakeups
 
     def release(self, lease: Lease) -> None:
         assert isinstance(lease, SQLLease)

@@ -433,3 +433,65 @@ def ring(i: int, n: int, rounds: int, prefix: str) -> list[Any]:
 
 
 # --- End of section: tests/e2e/test_fault_run.py --------------------------------------------------
+
+
+# -- issue 9: child workflows (append-only section) -------------------------------------------------
+from celery_durable import WorkflowFailed  # noqa: E402
+
+
+@durable.step()
+def child_square(x: int) -> int:
+    """A small step with a visible side effect: one counter line per run."""
+    mark("child_square", x)
+    time.sleep(float(os.environ.get("CD_CHILD_SLEEP", "0")))
+    return x * x
+
+
+@durable.workflow()
+def square_wf(x: int) -> int:
+    return child_square(x)
+
+
+@durable.workflow()
+def failing_child(message: str) -> None:
+    raise ValueError(message)
+
+
+@durable.workflow()
+def waiting_child() -> Any:
+    return durable.recv("never", timeout=None)
+
+
+@durable.workflow()
+def child_tells_parent(text: str) -> str:
+    durable.send(durable.parent_workflow_id, text, topic="up")
+    return "sent"
+
+
+@durable.workflow()
+def parent_of_everything(x: int) -> dict[str, Any]:
+    """One parent exercising a child's result, a caught child error, child->parent messaging and map."""
+    one = square_wf.start(x)
+    value = one.result()
+    try:
+        failing_child.start("bad input").result()
+        caught: list[str] = []
+    except WorkflowFailed as exc:
+        caught = [exc.error_type, exc.error_message]
+    teller = child_tells_parent.start("hello parent")
+    heard = durable.recv("up", timeout=60)
+    mapped = durable.map(child_square, [1, 2, 3])
+    return {"child": one.workflow_id, "value": value, "caught": caught, "heard": [heard, teller.result()], "mapped": mapped}
+
+
+@durable.workflow()
+def parent_of_waiters(n: int, return_exceptions: bool = False) -> list[Any]:
+    handles = [waiting_child.start() for _ in range(n)]
+    got = durable.gather(handles, return_exceptions=return_exceptions)
+    return [type(g).__name__ if isinstance(g, BaseException) else g for g in got]
+
+
+@durable.workflow()
+def fan_out(n: int) -> int:
+    """Sum of squares through one child workflow per item: the parent is woken once, at the end."""
+    return sum(durable.map(square_wf, range(n)))

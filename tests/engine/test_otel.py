@@ -121,3 +121,25 @@ def test_a_workflow_started_inside_another_joins_its_trace(d: Recording, exporte
     assert child_start.context.trace_id == child_run.context.trace_id == parent_run.context.trace_id
     assert child_run.parent is not None and child_run.parent.span_id == child_start.context.span_id
 
+
+
+def test_a_child_workflow_joins_its_parents_trace(d: Recording, exporter: InMemorySpanExporter) -> None:
+    @d.workflow(name="otel.kid")
+    def kid(x: int) -> int:
+        return x * 2
+
+    def parent() -> int:
+        return int(kid.start(21).result())  # a child (a checkpoint) and a durable join on it
+
+    d.workflow(name="otel.family")(parent)
+    d.start("otel.family", workflow_id="family-1")
+    assert isinstance(d.run(parent), core.Waiting)  # started the child, waits for it
+    assert isinstance(d.run(lambda x: x * 2), core.Finished)  # the child; its finish wakes the parent
+    outcome = d.run(parent)
+    assert isinstance(outcome, core.Finished) and outcome.value == 42
+
+    spans = exporter.get_finished_spans()
+    family = named(spans, "celery_durable.execute otel.family")
+    (child_run,) = named(spans, "celery_durable.execute otel.kid")
+    assert len(family) == 2
+    assert {s.context.trace_id for s in family} == {child_run.context.trace_id}, "the child is in its parent's trace"

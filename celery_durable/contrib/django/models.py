@@ -52,6 +52,8 @@ class Workflow(models.Model):
     attempt_step = models.IntegerField(null=True)
     attempts = models.IntegerField(null=True)
     trace_context = models.TextField(null=True)
+    awaited = models.IntegerField(null=True)  # child workflows (children.py): the parent's join step
+    awaiting = models.IntegerField(null=True)  # ... and on the parent, awaited children not finished
 
     class Meta:
         managed = False
