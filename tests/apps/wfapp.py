@@ -288,6 +288,12 @@ def two_slow_steps(first: float, second: float) -> list[str]:
     return [slow_step("timed.first", first), slow_step("timed.second", second)]
 
 
+@durable.workflow()
+def held_then_next(flag_file: str) -> list[str]:
+    """A step that runs until *flag_file* exists (a test lets its deadline pass meanwhile), then another."""
+    return [hold_until("timed.first", flag_file, 120.0), slow_step("timed.second", 0.0)]
+
+
 @durable.workflow(timeout=2.0)
 def waits_past_its_default_timeout() -> Any:
     return durable.recv("never", timeout=None)

@@ -10,6 +10,7 @@ features"). The deploy test runs each case of docs/changing-workflow-code.md: a 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,18 @@ def test_durable_retries_hold_no_worker_and_survive_kills(e2e_env, counters, tmp
 
 
 # -- workflow timeout -------------------------------------------------------------------------------------------
-def test_timeouts_stop_waiting_and_running_workflows(e2e_env, counters):
+def test_timeouts_stop_waiting_and_running_workflows(e2e_env, counters, tmp_path):
     with configured_app(e2e_env) as wf, running_worker(e2e_env):
         waiting = wf.receiver.start(["go"], 1, 3600, workflow_id="t-wait", timeout=2)
-        running = wf.two_slow_steps.start(3, 0, workflow_id="t-run", timeout=1)
+        flag = tmp_path / "release-first-step"
+        # The running case must not depend on how soon a loaded worker picks it up: its step holds
+        # until the test has seen it start AND seen the deadline pass, then the next boundary stops it.
+        running = wf.held_then_next.start(str(flag), workflow_id="t-run", timeout=4)
+        wait_for(lambda: count_lines(counters / "timed.first.start") == 1, timeout=60, what="the step to start")
+        timeout_at = running.record().timeout_at
+        assert timeout_at is not None
+        wait_for(lambda: time.time() > timeout_at + 0.2, timeout=60, what="the deadline to pass mid-step")
+        flag.touch()
         default = wf.waits_past_its_default_timeout.start(workflow_id="t-default")
         for handle in (waiting, running, default):
             with pytest.raises(WorkflowTimedOut) as info:
@@ -91,7 +100,7 @@ def test_timeouts_stop_waiting_and_running_workflows(e2e_env, counters):
         # The step that was running when the deadline passed finished; the next never started.
         assert count_lines(counters / "timed.first.end") == 1
         assert count_lines(counters / "timed.second.start") == 0
-        assert [s.name for s in running.steps()] == ["tests.apps.wfapp.slow_step"]
+        assert [s.name for s in running.steps()] == ["tests.apps.wfapp.hold_until"]
         assert count_lines(counters / "receiver.got") == 0
 
 
