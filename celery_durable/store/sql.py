@@ -30,6 +30,7 @@ from .records import (
 from .schema import ACTIVE_STATUSES, CLEARED_WAIT, LATEST_VERSION, MIGRATIONS, build_tables
 from .sql_ops import SQLOperations
 from .sql_recovery import SQLRecovery
+from .step_cache import StepCache
 
 
 def no_such_destination(destination: str) -> WorkflowNotFound:
@@ -51,6 +52,16 @@ class SQLLease(Lease):
         # that need several statements issue BEGIN/COMMIT themselves (see SQLStore._tx).
         self.autocommit = autocommit
         self.finished = False  # set by finish(): the workflow will never run again
+        # The execution's history, kept for the next execution in this process (step_cache.py):
+        # the row as claimed, every checkpoint (read or written), and the wait it recorded, if any.
+        self.record: WorkflowRecord | None = None
+        self.history: dict[int, StepRecord] | None = None
+        self.waited: tuple[str, int] | None = None
+
+    def remember(self, step: StepRecord) -> None:
+        """Add a checkpoint this execution wrote (or found written) to its history."""
+        if self.history is not None:
+            self.history[step.step_id] = step
 
 
 class SQLStore(SQLOperations, SQLRecovery, Store):
@@ -63,6 +74,7 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
         self.engine = engine
         self.prefix = prefix
         self.t = build_tables(prefix)
+        self.step_cache = StepCache()
         self._hot_statements()
 
     # -- backend hooks -------------------------------------------------------------------------
@@ -342,7 +354,7 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             )
             .returning(*w.c)
         )
-        self._q_steps = sa.select(s).where(s.c.workflow_id == wid)
+        self._q_steps = sa.select(s).where(s.c.workflow_id == wid, s.c.step_id > sa.bindparam("p_after"))
         running = sa.exists().where(w.c.workflow_id == wid, w.c.status == WorkflowStatus.RUNNING.value)
         source = sa.select(*[sa.bindparam(f"p_{c.name}", type_=c.type).label(c.name) for c in s.c]).where(running)
         self._q_insert_step = (
@@ -369,11 +381,30 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             if row is None:
                 return None
             record = self._workflow(row)
+            assert isinstance(lease, SQLLease)
+            lease.record = record
             if record.executions == 1:
                 # Only an execution writes checkpoints, and this is the first one: nothing to read.
-                return Execution(record, {})
-            steps = conn.execute(self._q_steps, {"p_wid": lease.workflow_id})
-            return Execution(record, {r.step_id: self._step(r) for r in steps})
+                lease.history = {}
+                return Execution(record, lease.history)
+            # Only the checkpoints newer than the history this process cached (see step_cache.py).
+            history = self.step_cache.take(record) or {}
+            after = max(history) if history else -1
+            for r in conn.execute(self._q_steps, {"p_wid": lease.workflow_id, "p_after": after}):
+                history[r.step_id] = self._step(r)
+            lease.history = history
+            return Execution(record, history)
+
+    def _keep_history(self, lease: SQLLease) -> None:
+        """At release: cache the history of an execution that recorded a wait, forget it otherwise (step_cache.py)."""
+        record = lease.record
+        if record is None:
+            return
+        if lease.waited is not None and not lease.finished and lease.history is not None:
+            kind, step_id = lease.waited
+            self.step_cache.put(record, record.executions, kind, step_id, lease.history)
+        else:
+            self.step_cache.drop(lease.workflow_id)
 
     def _insert_step(self, conn: sa.Connection, step: StepRecord) -> bool:
         """Insert *step* only while its workflow is RUNNING and the step id is free; return whether it did."""
@@ -383,14 +414,18 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
 
     def record_step(self, lease: Lease, step: StepRecord) -> StepRecord:
         s = self.t.steps
+        assert isinstance(lease, SQLLease)
         with self._single(lease) as conn:
             if self._insert_step(conn, step):
+                lease.remember(step)
                 return step
             existing = conn.execute(
                 sa.select(s).where(s.c.workflow_id == step.workflow_id, s.c.step_id == step.step_id)
             ).first()
             if existing is not None:
-                return self._step(existing)
+                stored = self._step(existing)
+                lease.remember(stored)
+                return stored
             self._raise_if_cancelled(conn, step.workflow_id)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -436,11 +471,16 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
                 if not self._insert_step(conn, step):
                     raise DurableError(f"step {request.step_id} of workflow {wid!r} was already recorded")
                 conn.execute(w.update().where(w.c.workflow_id == wid).values(updated_at=now, **CLEARED_WAIT))
+                assert isinstance(lease, SQLLease)
+                lease.remember(step)
                 return step
             target = request.target if request.kind == "event" else wid
-            return self._suspend(
+            suspended = self._suspend(
                 conn, wf, request.kind, target, request.topics, request.step_id, deadline, now, request.horizon
             )
+        assert isinstance(lease, SQLLease)
+        lease.waited = (request.kind, request.step_id)  # committed: see step_cache.py
+        return suspended
 
     def _suspend(
         self,
@@ -500,7 +540,10 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             if wf is None or wf.status != WorkflowStatus.RUNNING:
                 self._raise_if_cancelled(conn, wid)
             assert wf is not None
-            return self._suspend(conn, wf, "retry", wid, (name,), step_id, until, now, horizon)
+            suspended = self._suspend(conn, wf, "retry", wid, (name,), step_id, until, now, horizon)
+        assert isinstance(lease, SQLLease)
+        lease.waited = ("retry", step_id)  # committed: see step_cache.py
+        return suspended
 
     def finish(self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float) -> None:
         params = {
@@ -551,6 +594,8 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             if checkpoint is not None and not self._insert_step(conn, checkpoint):
                 self._raise_if_cancelled(conn, checkpoint.workflow_id)
                 raise DurableError(f"step {checkpoint.step_id} of {checkpoint.workflow_id!r} was already recorded")
+            if checkpoint is not None and isinstance(lease, SQLLease):
+                lease.remember(checkpoint)
             wakeups: tuple[Dispatch, ...] = ()
             if (
                 wf is not None
@@ -574,6 +619,8 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
             if not self._insert_step(conn, checkpoint):
                 self._raise_if_cancelled(conn, wid)
                 raise DurableError(f"step {checkpoint.step_id} of {wid!r} was already recorded")
+            assert isinstance(lease, SQLLease)
+            lease.remember(checkpoint)
             upsert = self._insert(e).values(workflow_id=wid, key=key, value=value, updated_at=now)
             conn.execute(
                 upsert.on_conflict_do_update(
