@@ -40,6 +40,15 @@ class DurableConfig:
     max_payload: int = 256 * 1024
     #: Extra keyword arguments for ``sqlalchemy.create_engine``.
     engine_options: dict[str, Any] = field(default_factory=dict)
+    #: "full" (default): every checkpoint's commit waits for its WAL flush, so a finished step survives
+    #: a crash of the worker and of PostgreSQL. "relaxed" (opt-in, PostgreSQL): step checkpoints commit
+    #: without waiting for the flush (``synchronous_commit=off`` for that commit only); the start, the
+    #: finish, sends, received messages, events and waits keep waiting for it. A PostgreSQL crash (not a
+    #: worker crash) can then forget the checkpoints of steps that finished after the workflow's last
+    #: flushed write (at most ~3 x ``wal_writer_delay``, 0.6 s by default): those steps run again. Never a
+    #: send or a received message: their own flush also flushes every earlier commit (the WAL is written
+    #: in order). No effect on SQLite (its ``synchronous=NORMAL`` never waits for the disk per commit).
+    durability: str = "full"
 
     def __post_init__(self) -> None:
         for name in ("horizon", "recovery_grace", "busy_backoff"):
@@ -54,6 +63,8 @@ class DurableConfig:
             raise ConfigurationError(
                 f"sweep_interval must be a positive number of seconds or None, got {self.sweep_interval!r}"
             )
+        if self.durability not in ("full", "relaxed"):
+            raise ConfigurationError(f"durability must be 'full' or 'relaxed', got {self.durability!r}")
         if isinstance(self.max_payload, bool) or not isinstance(self.max_payload, int) or self.max_payload <= 0:
             raise ConfigurationError(f"max_payload must be a positive number of bytes, got {self.max_payload!r}")
 

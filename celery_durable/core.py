@@ -81,6 +81,14 @@ class _Cancelled(BaseException):
     """Unwinds a workflow body that was cancelled (a BaseException for the same reason as :class:`Suspend`)."""
 
 
+class _ContinueAsNew(BaseException):
+    """Unwinds a workflow body that called ``continue_as_new`` (a BaseException for the same reason as :class:`Suspend`)."""
+
+    def __init__(self, inputs: str) -> None:
+        super().__init__("workflow continues as new")
+        self.inputs = inputs
+
+
 class _TimedOut(BaseException):
     """Unwinds a workflow body whose own deadline passed (a BaseException for the same reason as :class:`Suspend`)."""
 
@@ -127,6 +135,13 @@ class Refused(Outcome):
     """
 
     error: BaseException
+
+
+@dataclass
+class _Continued(Outcome):
+    """Internal: the body continued as new; run it again in place from *execution*."""
+
+    execution: Execution
 
 
 class Stale(Outcome):
@@ -236,7 +251,12 @@ class Engine:
         try:
             if execution is None:
                 return Stale()
-            return self._execute_locked(lease, execution, name, fn)
+            while True:
+                outcome = self._execute_locked(lease, execution, name, fn)
+                if not isinstance(outcome, _Continued):
+                    return outcome
+                # continue_as_new committed: the new run starts here, under the same lock.
+                execution = outcome.execution
         finally:
             self.store.release(lease)
 
@@ -263,6 +283,8 @@ class Engine:
                 ) from None
         except Suspend as suspend:
             return Waiting(suspend.dispatch)
+        except _ContinueAsNew as cont:
+            return self._continue_as_new(lease, record, cont.inputs)
         except _TimedOut as stop:
             # Hook: when child workflows exist, cancel this workflow's children here (and where the
             # store's sweep times out a workflow that is not running: SQLStore._time_out).
@@ -279,6 +301,18 @@ class Engine:
         finally:
             _CURRENT.reset(token)
         return self._finish(lease, WorkflowStatus.SUCCESS, output, None, Finished(value))
+
+    def _continue_as_new(self, lease: Lease, record: WorkflowRecord, inputs: str) -> Outcome:
+        try:
+            new = self.store.continue_as_new(lease, inputs, self.clock())
+        except WorkflowCancelled:
+            return Cancelled()
+        except Exception as exc:
+            if self.store.is_transient(exc) or isinstance(exc, DurableError):
+                return Interrupted(exc)
+            rejected = _rejected(exc, "the inputs of continue_as_new", record.workflow_id)
+            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected))
+        return _Continued(Execution(new, {}))
 
     def _finish(
         self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, outcome: Outcome
@@ -468,6 +502,19 @@ class WorkflowContext:
 
     def deprecate_patch(self, patch: str) -> None:
         versioning.deprecate_patch(self, patch, _op_name("patch", patch))
+
+    def continue_as_new(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """End this run and start the workflow again with these inputs and an empty history (same id, same lock).
+
+        Takes effect at once (it raises through the body): the history is replaced atomically by
+        ``Store.continue_as_new`` and the body runs again from the top in this execution.
+        """
+        self.check_deadline()
+        try:
+            inputs = check_stored_text(self.engine.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
+        except SerializationError as exc:
+            raise SerializationError(f"continue_as_new of workflow {self.workflow_id!r}: {exc}") from None
+        raise _ContinueAsNew(inputs)
 
     def record_marker(self, name: str, kind: str) -> None:
         """Take the next step id for a checkpoint that only marks a decision (a patch taken)."""

@@ -21,7 +21,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
@@ -439,6 +439,19 @@ class Durable(Client):
         seconds = v.check_timeout(timeout)
         topic, value = core.require_context("recv_any").recv(stored, seconds)
         return default if value is core.TIMED_OUT else (topic or None, value)
+
+    def continue_as_new(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Restart this workflow with new inputs and an empty history, under the same id (only inside a workflow).
+
+        Atomic: its checkpoints and the messages it already received are deleted and the inputs replaced in
+        one transaction, then the body runs again from the top with ``*args``/``**kwargs`` in the same
+        execution. Messages not yet received, events and the workflow's deadline stay. Use it in a loop that
+        lives long (a workflow that receives thousands of messages): each wake-up replays the history, so
+        the history should stay short. Never returns.
+        """
+        args, kwargs = v.check_call(args, kwargs)
+        core.require_context("continue_as_new").continue_as_new(args, kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def set_event(self, key: str, value: Any) -> None:
         """Publish *value* under *key* for this workflow (checkpointed; the last value wins). Only inside a workflow."""

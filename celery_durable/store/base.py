@@ -206,6 +206,17 @@ class Store(abc.ABC):
         row is updated (:meth:`release` must still be called, and then only returns the connection).
         """
 
+    @abc.abstractmethod
+    def continue_as_new(self, lease: Lease, inputs: str, now: float) -> WorkflowRecord:
+        """Restart the leased (RUNNING) workflow's history with *inputs*, in one transaction; return the new row.
+
+        Deletes every checkpoint and every consumed message addressed to it that has no idempotency key
+        (keyed ones stay, so a repeated send is still refused); unconsumed messages, events, the ticket,
+        the status (RUNNING), the lock and ``timeout_at`` stay. The row gets *inputs*, an execution count
+        of 1 (the caller's execution is the new run's first) and no retry count or wait. Raises
+        ``WorkflowCancelled`` (changing nothing) when the workflow was cancelled.
+        """
+
     # -- messages and events ------------------------------------------------------------------
     @abc.abstractmethod
     def send(

@@ -85,6 +85,29 @@ class PgFastPath:
             f"SELECT pg_advisory_unlock({KEY}) AS unlocked FROM (SELECT count(*) AS n FROM u) AS done"
         )
         self._fq_unlock = f"SELECT pg_advisory_unlock({KEY})"
+        self._fq_create = (
+            f"INSERT INTO {w} (workflow_id, name, status, inputs, queue, ticket, executions, created_at, updated_at, "
+            "dispatched_at, version, parent_id, timeout_at, trace_context) VALUES (%(wid)s, %(name)s, 'PENDING', "
+            "%(inputs)s, %(queue)s, 0, 0, %(now)s, %(now)s, %(now)s, %(version)s, %(parent)s, %(timeout_at)s, "
+            f"%(trace)s) ON CONFLICT (workflow_id) DO NOTHING RETURNING {cols}"
+        )
+        self._fq_get = f"SELECT {cols} FROM {w} WHERE workflow_id = %(wid)s"
+        # A send from outside a workflow; see PostgresStore.send for why it is correct in one statement.
+        self._fq_send = (
+            f"WITH lk AS MATERIALIZED (SELECT pg_advisory_xact_lock({KEY}) AS x), "
+            "wf AS MATERIALIZED (SELECT d.workflow_id, d.status, d.wait_kind, d.wait_topics "
+            f"FROM {w} AS d, lk WHERE d.workflow_id = %(dest)s FOR UPDATE OF d), "
+            f"ins AS (INSERT INTO {m} (destination, topic, payload, idempotency_key, created_at) "
+            "SELECT CAST(%(dest)s AS varchar), %(topic)s, %(payload)s, %(ikey)s, %(now)s FROM wf "
+            "ON CONFLICT (destination, idempotency_key) DO NOTHING RETURNING seq), "
+            f"wake AS (UPDATE {w} AS d SET status = 'PENDING', ticket = d.ticket + 1, timer_due = NULL, "
+            "dispatched_at = %(now)s, updated_at = %(now)s FROM wf, ins "
+            "WHERE d.workflow_id = wf.workflow_id AND wf.status = 'WAITING' AND wf.wait_kind = 'recv' "
+            "AND CAST(wf.wait_topics AS jsonb) ? CAST(%(topic)s AS varchar) RETURNING d.ticket, d.name, d.queue) "
+            "SELECT (SELECT count(*) FROM wf) AS found, (SELECT seq FROM ins) AS seq, "
+            "wake.ticket, wake.name, wake.queue FROM (SELECT 1) AS one LEFT JOIN wake ON true"
+        )
+        self._fq_first_seq = f"SELECT seq FROM {m} WHERE destination = %(dest)s AND idempotency_key = %(ikey)s"
         self._fq_lock_channel = f"SELECT pg_advisory_xact_lock({KEY})"
         # One recv: consume the oldest message, or time out, or record the wait; see wait_step.
         self._fq_recv = (
@@ -138,6 +161,43 @@ class PgFastPath:
         return into
 
     # -- the hot path -----------------------------------------------------------------------------
+    def create_workflow(
+        self,
+        workflow_id: str,
+        name: str,
+        inputs: str,
+        queue: str | None,
+        now: float,
+        *,
+        version: str | None = None,
+        parent_id: str | None = None,
+        timeout_at: float | None = None,
+        trace_context: str | None = None,
+    ) -> tuple[WorkflowRecord, bool]:
+        """One atomic statement (no transaction needed); a conflict means the row exists (only
+        ``prune`` deletes workflows, and only long-finished ones), so reading it afterwards is safe."""
+        params = {
+            "wid": workflow_id,
+            "name": name,
+            "inputs": inputs,
+            "queue": queue,
+            "now": now,
+            "version": version,
+            "parent": parent_id,
+            "timeout_at": timeout_at,
+            "trace": trace_context,
+        }
+        while True:
+            with self._connect() as conn:  # type: ignore[attr-defined]
+                raw = conn.connection.dbapi_connection
+                row = raw.execute(self._fq_create, params).fetchone()
+                if row is not None:
+                    return self._record(row), True
+                row = raw.execute(self._fq_get, params).fetchone()
+            if row is not None:
+                return self._record(row), False
+            # pruned between the two statements: the id is free again
+
     def claim(self, workflow_id: str, ticket: int, now: float) -> tuple[Any, Execution | None]:
         """Take the lock and start the execution in one statement (one round trip).
 

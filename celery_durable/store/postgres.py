@@ -10,8 +10,12 @@ connection is gone, so the lock and the right to write end together.
 
 from __future__ import annotations
 
+import select
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -39,18 +43,18 @@ class PostgresStore(PgFastPath, SQLStore):
         *,
         durability: str = "full",
     ) -> None:
-        options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+        # No pre-ping round trip per checkout: _drop_if_closed checks the socket locally instead.
+        options: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 5, "max_overflow": 10}
         options.update(engine_options or {})
         super().__init__(sa.create_engine(url, **options), prefix)
         #: durability="relaxed": step checkpoints commit without waiting for their WAL flush.
         self.relaxed = durability == "relaxed"
-        # Executions check out their own pool without the pre-ping round trip: a dead pooled
-        # connection (database restarted) fails the claim, SQLAlchemy then drops the whole pool,
-        # and the delivery is retried after busy_backoff. Producers (start, send) keep the ping,
-        # so their callers never see that error. Its connections are always AUTOCOMMIT (a lone
-        # statement is one round trip; transactions send BEGIN/COMMIT themselves), which saves
-        # switching the isolation level on every checkout.
+        # Executions have their own pool, whose connections are always AUTOCOMMIT (a lone statement
+        # is one round trip; transactions send BEGIN/COMMIT themselves), which saves switching the
+        # isolation level on every checkout.
         self.exec_engine = sa.create_engine(url, **{**options, "pool_pre_ping": False, "isolation_level": "AUTOCOMMIT"})
+        for engine in (self.engine, self.exec_engine):
+            sa.event.listen(engine, "checkout", _drop_if_closed)
         self._fast_statements()
 
     def after_fork(self) -> None:
@@ -66,24 +70,6 @@ class PostgresStore(PgFastPath, SQLStore):
 
     def _insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)
-
-    def _hot_statements(self) -> None:
-        super()._hot_statements()
-        w, m = self.t.workflows.name, self.t.messages.name
-        self._q_send = sa.text(
-            f"WITH lk AS MATERIALIZED (SELECT pg_advisory_xact_lock({_KEY}) AS x), "
-            "wf AS MATERIALIZED (SELECT d.workflow_id, d.status, d.wait_kind, d.wait_topics "
-            f"FROM {w} AS d, lk WHERE d.workflow_id = :dest FOR UPDATE OF d), "
-            f"ins AS (INSERT INTO {m} (destination, topic, payload, idempotency_key, created_at) "
-            "SELECT :dest, :topic, :payload, :ikey, :now FROM wf "
-            "ON CONFLICT (destination, idempotency_key) DO NOTHING RETURNING seq), "
-            f"wake AS (UPDATE {w} AS d SET status = 'PENDING', ticket = d.ticket + 1, timer_due = NULL, "
-            "dispatched_at = :now, updated_at = :now FROM wf, ins "
-            "WHERE d.workflow_id = wf.workflow_id AND wf.status = 'WAITING' AND wf.wait_kind = 'recv' "
-            "AND CAST(wf.wait_topics AS jsonb) ? :topic RETURNING d.ticket, d.name, d.queue) "
-            "SELECT (SELECT count(*) FROM wf) AS found, (SELECT seq FROM ins) AS seq, "
-            "wake.ticket, wake.name, wake.queue FROM (SELECT 1) AS one LEFT JOIN wake ON true"
-        )
 
     def _key(self, kind: str, workflow_id: str) -> str:
         return f"{self.prefix}{kind}:{workflow_id}"
@@ -129,7 +115,6 @@ class PostgresStore(PgFastPath, SQLStore):
                 lease=lease,
                 checkpoint=checkpoint,
             )
-        m = self.t.messages.name
         params = {
             "k": self._key("m", destination),
             "dest": destination,
@@ -139,16 +124,28 @@ class PostgresStore(PgFastPath, SQLStore):
             "now": now,
         }
         with self._connect() as conn:
-            row = conn.execute(self._q_send, params).one()
-            if not row.found:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, psycopg.Connection)
+            row = raw.execute(self._fq_send, params).fetchone()
+            assert row is not None
+            found, seq, ticket, name, queue = row
+            if not found:
                 raise no_such_destination(destination)
-            if row.seq is None:  # the idempotency key was used before
-                first = conn.execute(
-                    sa.text(f"SELECT seq FROM {m} WHERE destination = :dest AND idempotency_key = :ikey"), params
-                ).scalar_one()
-                return SendResult(int(first), False)
-        wakeups = () if row.ticket is None else (Dispatch(destination, row.name, row.queue, int(row.ticket)),)
-        return SendResult(int(row.seq), True, wakeups)
+            if seq is None:  # the idempotency key was used before
+                first = raw.execute(self._fq_first_seq, params).fetchone()
+                assert first is not None
+                return SendResult(int(first[0]), False)
+        wakeups = () if ticket is None else (Dispatch(destination, name, queue, int(ticket)),)
+        return SendResult(int(seq), True, wakeups)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sa.Connection]:
+        """Lone statements of producers use the executions' AUTOCOMMIT pool: no isolation switch per checkout."""
+        conn = self.exec_engine.connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
 
     def acquire(self, workflow_id: str) -> Lease | None:
         conn = self.exec_engine.connect()
@@ -164,3 +161,24 @@ class PostgresStore(PgFastPath, SQLStore):
             conn.close()
             return None
         return SQLLease(workflow_id, conn, autocommit=True)
+
+
+def _drop_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection whose server closed it (a database restart), without a round trip.
+
+    An idle connection's socket has nothing to read unless the server sent something: an EOF (the
+    server closed it: restart, ``pg_terminate_backend``, idle timeout) or, rarely, an asynchronous
+    notice. Either way the connection is discarded and the pool opens a new one (SQLAlchemy retries
+    the checkout on ``DisconnectionError``). This replaces ``pool_pre_ping``, which paid a round trip
+    on every checkout (every start, send and execution) for the same protection; a connection that
+    dies while in use fails its statement as before (transient: retried).
+    """
+    pgconn = getattr(dbapi_connection, "pgconn", None)
+    if pgconn is None or dbapi_connection.closed:
+        raise sa.exc.DisconnectionError("connection closed")
+    try:
+        readable, _, _ = select.select([pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.OperationalError) as exc:
+        raise sa.exc.DisconnectionError(str(exc)) from exc
+    if readable:
+        raise sa.exc.DisconnectionError("the server closed the connection or sent something while it was idle")
