@@ -49,6 +49,10 @@ class DurableConfig:
     #: send or a received message: their own flush also flushes every earlier commit (the WAL is written
     #: in order). No effect on SQLite (its ``synchronous=NORMAL`` never waits for the disk per commit).
     durability: str = "full"
+    #: Seconds a wait's timer is kept in the worker process before it is published, and then only if the
+    #: workflow still waits (see timers.py): a wait that a message ends within it leaves no countdown
+    #: message held in a worker. 0 publishes every timer at once.
+    timer_grace: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("horizon", "recovery_grace", "busy_backoff"):
@@ -63,6 +67,10 @@ class DurableConfig:
             raise ConfigurationError(
                 f"sweep_interval must be a positive number of seconds or None, got {self.sweep_interval!r}"
             )
+        if isinstance(self.timer_grace, bool) or not isinstance(self.timer_grace, (int, float)) or not (
+            0 <= self.timer_grace < math.inf
+        ):
+            raise ConfigurationError(f"timer_grace must be a number of seconds >= 0, got {self.timer_grace!r}")
         if self.durability not in ("full", "relaxed"):
             raise ConfigurationError(f"durability must be 'full' or 'relaxed', got {self.durability!r}")
         if isinstance(self.max_payload, bool) or not isinstance(self.max_payload, int) or self.max_payload <= 0:

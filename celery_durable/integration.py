@@ -26,7 +26,7 @@ from typing import Any, NoReturn, TypeVar, overload
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from . import core, versioning
 from . import validation as v
@@ -35,7 +35,8 @@ from .config import DurableConfig
 from .errors import ConfigurationError, DurableError, InvalidArgument
 from .handle import WorkflowHandle
 from .retries import RetryPolicy
-from .store import Dispatch, Store
+from .store import Dispatch, Store, WorkflowStatus
+from .timers import DeferredTimers
 
 log = logging.getLogger("celery_durable")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -139,7 +140,10 @@ class Durable(Client):
         self.recover_task = app.task(name=f"celery_durable.{self.config.table_prefix}recover", shared=False)(
             self.recover
         )
+        grace = self.config.timer_grace
+        self._timers = DeferredTimers(grace, self._still_waiting, self._publish) if grace > 0 else None
         worker_process_init.connect(self._after_fork, weak=False)
+        worker_process_shutdown.connect(self._flush_timers, weak=False)
         worker_ready.connect(self._on_worker_ready, weak=False)
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
         _REGISTRY.setdefault(app, weakref.WeakSet()).add(self)
@@ -331,9 +335,12 @@ class Durable(Client):
         if isinstance(outcome, core.Failed):
             raise outcome.error
         if isinstance(outcome, core.Waiting):
-            if outcome.dispatch is not None:
+            timer = outcome.dispatch
+            if timer is not None and self._timers is not None and timer.countdown > self._timers.grace:
+                self._timers.defer(timer)  # published after the grace if it still waits (timers.py)
+            elif timer is not None:
                 # The lock is already released, so a timer that fires at once finds the workflow free.
-                self._retry(task, {TICKET_KW: outcome.dispatch.ticket}, outcome.dispatch.countdown)
+                self._retry(task, {TICKET_KW: timer.ticket}, timer.countdown)
             # else: a far deadline; the sweep arms the timer when it comes within the horizon.
             return None
         if isinstance(outcome, core.Interrupted) and isinstance(outcome.error, _CONTROL_FLOW):
@@ -509,6 +516,15 @@ class Durable(Client):
 
     def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
         self._stop.set()
+        self._flush_timers()
+
+    def _flush_timers(self, **_: Any) -> None:
+        if self._timers is not None:
+            self._timers.flush()
+
+    def _still_waiting(self, dispatch: Dispatch) -> bool:
+        record = self.store.get_workflow(dispatch.workflow_id)
+        return record is not None and record.status == WorkflowStatus.WAITING and record.ticket == dispatch.ticket
 
     def _sweep_loop(self) -> None:
         interval = self.config.sweep_interval

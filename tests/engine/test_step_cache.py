@@ -78,7 +78,7 @@ def test_resume_that_drops_checkpoints_is_not_served_from_the_cache(store: Store
     assert isinstance(engine.execute("wf", wakeup.ticket, "body", body), core.Waiting)  # cached: steps 0, 1
     cancelled = store.cancel("wf", 3.0)
     assert cancelled is not None and cancelled.status == WorkflowStatus.CANCELLED
-    resumed, dispatch = store.resume("wf", cancelled.ticket, 0, 4.0)  # drops every checkpoint, unconsumes "1"
+    _, dispatch = store.resume("wf", cancelled.ticket, 0, 4.0)  # drops every checkpoint, unconsumes "1"
     assert dispatch is not None
     assert isinstance(engine.execute("wf", dispatch.ticket, "body", body), core.Waiting)
     for value, t in ((5, 5.0), (7, 6.0)):
