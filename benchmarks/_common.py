@@ -254,7 +254,8 @@ class CpuMeter:
         return [r[0] for r in rows]
 
     def snapshot(self) -> dict[str, dict[int, float]]:
-        groups: dict[str, list[int]] = {"worker": self.worker.pids(), "redis": [self.redis_pid]}
+        pids = self.worker.pids()
+        groups: dict[str, list[int]] = {"worker-main": pids[:1], "worker-pool": pids[1:], "redis": [self.redis_pid]}
         if self.broker == "rabbitmq":
             groups["rabbitmq"] = pids_named("beam.smp")
         groups["postgres"] = self._pg_pids()

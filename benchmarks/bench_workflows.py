@@ -179,16 +179,18 @@ def main(argv: list[str] | None = None) -> int:
             f"  ratio time (c)/(a): {med['durable'] / med['plain']:.2f} (goal <= 1.5)   (c)/(b): "
             f"{med['durable'] / med['chain']:.2f} (goal < 1: ahead of the chain)"
         )
-        groups = [g for g in ("producer", "worker", "redis", "rabbitmq", "postgres") if g in results[0]["cpu_ms"]]
+        groups = [
+            g for g in ("producer", "worker-main", "worker-pool", "redis", "rabbitmq", "postgres") if g in results[0]["cpu_ms"]
+        ]
         print("\nCPU per workflow by process, ms (mean over rounds; /proc/<pid>/stat; Redis and RabbitMQ are shared)")
-        print(f"  {'kind':<28}" + "".join(f"{g:>10}" for g in groups) + f"{'total':>10}{'load':>7}")
+        print(f"  {'kind':<28}" + "".join(f"{g:>12}" for g in groups) + f"{'total':>10}{'load':>7}")
         cpu_total: dict[str, float] = {}
         for kind, title in KINDS.items():
             rs = [x for x in results if x["kind"] == kind]
             mean = {g: sum(x["cpu_ms"][g] for x in rs) / len(rs) for g in groups}
             cpu_total[kind] = sum(mean.values())
             load = sum(x["load"] for x in rs) / len(rs)
-            print(f"  {title:<28}" + "".join(f"{mean[g]:10.3f}" for g in groups) + f"{cpu_total[kind]:10.3f}{load:7.2f}")
+            print(f"  {title:<28}" + "".join(f"{mean[g]:12.3f}" for g in groups) + f"{cpu_total[kind]:10.3f}{load:7.2f}")
         print(f"  ratio total CPU (c)/(a): {cpu_total['durable'] / cpu_total['plain']:.2f} (goal <= 1.5)")
         summary = {
             "bench": "workflows", "broker": args.broker, "durability": args.durability, "n": args.workflows,

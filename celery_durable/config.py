@@ -53,6 +53,11 @@ class DurableConfig:
     #: workflow still waits (see timers.py): a wait that a message ends within it leaves no countdown
     #: message held in a worker. 0 publishes every timer at once.
     timer_grace: float = 1.0
+    #: Seconds a ``recv`` that finds no message keeps its worker slot and waits in place for one (PostgreSQL:
+    #: LISTEN/NOTIFY) before it records the wait and leaves. A reply within it continues the execution
+    #: without a broker hop and without replaying the history. 0 (default) leaves at once; it pays for
+    #: request/response loops whose replies come within milliseconds, and costs a held slot otherwise.
+    recv_linger: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("horizon", "recovery_grace", "busy_backoff"):
@@ -71,6 +76,10 @@ class DurableConfig:
             0 <= self.timer_grace < math.inf
         ):
             raise ConfigurationError(f"timer_grace must be a number of seconds >= 0, got {self.timer_grace!r}")
+        if isinstance(self.recv_linger, bool) or not isinstance(self.recv_linger, (int, float)) or not (
+            0 <= self.recv_linger <= 60
+        ):
+            raise ConfigurationError(f"recv_linger must be a number of seconds from 0 to 60, got {self.recv_linger!r}")
         if self.durability not in ("full", "relaxed"):
             raise ConfigurationError(f"durability must be 'full' or 'relaxed', got {self.durability!r}")
         if isinstance(self.max_payload, bool) or not isinstance(self.max_payload, int) or self.max_payload <= 0:

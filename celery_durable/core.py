@@ -67,6 +67,8 @@ class _Missing:
 
 
 TIMED_OUT: Any = _Missing()
+_NOT_DECODED = object()
+_IMMUTABLE = frozenset({int, float, str, bool, type(None), bytes})
 
 
 class Suspend(BaseException):
@@ -178,6 +180,7 @@ def require_context(operation: str) -> WorkflowContext:
     return ctx
 
 
+@functools.lru_cache(maxsize=4096)  # every replay names each operation again: hash long names once
 def _op_name(kind: str, *parts: str) -> str:
     name = ":".join((kind, *parts))
     if len(name) <= MAX_ID_LENGTH:
@@ -391,7 +394,18 @@ class WorkflowContext:
     def _output(self, step: StepRecord) -> Any:
         if step.error is not None:
             raise decode_error(step.error)
-        return self.engine.serializer.loads(step.output) if step.output is not None else None
+        if step.output is None:
+            return None
+        # Checkpoints outlive executions in the store's per-process cache, so a replay decodes each
+        # output once: an immutable value is memoised on the record (not a field: equality, repr and
+        # the store never see it). A mutable one is decoded afresh, so the body may change it freely.
+        memo = step.__dict__.get("_decoded", _NOT_DECODED)
+        if memo is not _NOT_DECODED:
+            return memo
+        value = self.engine.serializer.loads(step.output)
+        if type(value) in _IMMUTABLE:
+            object.__setattr__(step, "_decoded", value)
+        return value
 
     # -- operations ---------------------------------------------------------------------------------
     def run_step(
@@ -476,6 +490,14 @@ class WorkflowContext:
         if recorded is None:
             engine = self.engine
             request = WaitRequest(step_id, name, kind, topics, target, timeout, engine.clock(), engine.config.horizon)
+            linger = engine.config.recv_linger if timeout is None else min(engine.config.recv_linger, timeout)
+            if kind == "recv" and linger > 0:
+                # Wait in place briefly (store.linger_recv says why no message can be lost): a reply
+                # within it continues here, without leaving and replaying.
+                recorded = self._store(
+                    lambda: engine.store.linger_recv(self.lease, request, linger), f"{kind} {name!r}"
+                )
+        if recorded is None:
             result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
             if isinstance(result, Suspended):
                 raise Suspend(result.dispatch)

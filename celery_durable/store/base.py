@@ -177,6 +177,14 @@ class Store(abc.ABC):
         the horizon. Raises ``WorkflowCancelled`` when the workflow was cancelled.
         """
 
+    def linger_recv(self, lease: Lease, request: WaitRequest, seconds: float) -> StepRecord | None:
+        """Optionally wait up to *seconds*, holding the lease and leaving the workflow RUNNING, for a
+        message that the ``recv`` *request* can take; take it (checkpoint included) and return its
+        checkpoint, or return ``None`` and record nothing. The caller then calls :meth:`wait_step` as
+        usual. Backends without a way to be told of a message return ``None`` at once (the default).
+        """
+        return None
+
     @abc.abstractmethod
     def start_attempt(self, lease: Lease, step_id: int, attempt: int, now: float) -> None:
         """Record that *attempt* (1-based) of step *step_id* starts, before it runs (durable step retries).
@@ -212,8 +220,8 @@ class Store(abc.ABC):
 
         Deletes every checkpoint and every consumed message addressed to it that has no idempotency key
         (keyed ones stay, so a repeated send is still refused); unconsumed messages, events, the ticket,
-        the status (RUNNING), the lock and ``timeout_at`` stay. The row gets *inputs*, an execution count
-        of 1 (the caller's execution is the new run's first) and no retry count or wait. Raises
+        the status (RUNNING), the lock, the execution count (it never goes down) and ``timeout_at`` stay.
+        The row gets *inputs* and no retry count or wait. Raises
         ``WorkflowCancelled`` (changing nothing) when the workflow was cancelled.
         """
 

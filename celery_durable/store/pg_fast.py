@@ -13,7 +13,9 @@ Every statement keeps the invariants of the generic one it replaces (see each do
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -103,9 +105,27 @@ class PgFastPath:
             f"wake AS (UPDATE {w} AS d SET status = 'PENDING', ticket = d.ticket + 1, timer_due = NULL, "
             "dispatched_at = %(now)s, updated_at = %(now)s FROM wf, ins "
             "WHERE d.workflow_id = wf.workflow_id AND wf.status = 'WAITING' AND wf.wait_kind = 'recv' "
-            "AND CAST(wf.wait_topics AS jsonb) ? CAST(%(topic)s AS varchar) RETURNING d.ticket, d.name, d.queue) "
+            "AND CAST(wf.wait_topics AS jsonb) ? CAST(%(topic)s AS varchar) RETURNING d.ticket, d.name, d.queue), "
+            # A RUNNING destination may be lingering in recv (linger_recv): tell it, at our commit.
+            "nt AS (SELECT pg_notify(%(chan)s, '') FROM wf, ins WHERE wf.status = 'RUNNING') "
             "SELECT (SELECT count(*) FROM wf) AS found, (SELECT seq FROM ins) AS seq, "
-            "wake.ticket, wake.name, wake.queue FROM (SELECT 1) AS one LEFT JOIN wake ON true"
+            "wake.ticket, wake.name, wake.queue, (SELECT count(*) FROM nt) AS notified "
+            "FROM (SELECT 1) AS one LEFT JOIN wake ON true"
+        )
+        # A recv's message, if there is one, without deciding anything else (a lingering recv; see linger_recv).
+        self._fq_take = (
+            f"WITH wf AS MATERIALIZED (SELECT status FROM {w} WHERE workflow_id = CAST(%(wid)s AS varchar) FOR UPDATE), "
+            f"msg AS MATERIALIZED (SELECT seq, topic, payload FROM {m} WHERE destination = CAST(%(wid)s AS varchar) "
+            "AND topic = ANY(%(topics)s) AND consumed_at IS NULL "
+            "AND EXISTS (SELECT 1 FROM wf WHERE wf.status = 'RUNNING') ORDER BY seq LIMIT 1), "
+            f"taken AS (UPDATE {m} SET consumed_at = %(now)s WHERE seq = (SELECT seq FROM msg) RETURNING 1), "
+            f"ins AS (INSERT INTO {s} (workflow_id, {_STEP_COLUMNS}) "
+            "SELECT CAST(%(wid)s AS varchar), %(sid)s, %(name)s, 'recv', payload, NULL, topic, %(now)s, %(now)s "
+            "FROM msg RETURNING 1), "
+            f"clr AS (UPDATE {w} SET wait_kind = NULL, wait_target = NULL, wait_topics = NULL, wait_step = NULL, "
+            "deadline = NULL, timer_due = NULL, updated_at = %(now)s "
+            "WHERE workflow_id = CAST(%(wid)s AS varchar) AND EXISTS (SELECT 1 FROM msg) RETURNING 1) "
+            "SELECT topic, payload FROM msg"
         )
         self._fq_first_seq = f"SELECT seq FROM {m} WHERE destination = %(dest)s AND idempotency_key = %(ikey)s"
         self._fq_lock_channel = f"SELECT pg_advisory_xact_lock({KEY})"
@@ -324,6 +344,55 @@ class PgFastPath:
             return Suspended(None)
         return Suspended(Dispatch(wid, name, queue, int(ticket), max(0.0, timer_due - now)))
 
+    def channel(self, workflow_id: str) -> str:
+        """The LISTEN/NOTIFY channel of a workflow's messages (an identifier of at most 63 bytes)."""
+        return f"{self.prefix}m{hashlib.sha1(workflow_id.encode()).hexdigest()}"[:63]
+
+    def linger_recv(self, lease: Any, request: WaitRequest, seconds: float) -> StepRecord | None:
+        """Wait up to *seconds* for a message that a ``recv`` at *request* can take, without recording a wait.
+
+        Invariant (why this cannot lose or double a message): while it lingers the workflow stays
+        RUNNING and this execution keeps its lock, so a sender stores the message and publishes no
+        wake-up (it only NOTIFYs the workflow's channel, at its commit). A message is consumed here
+        only by the same statement the normal path uses (row FOR UPDATE, RUNNING, oldest unconsumed,
+        checkpoint in the same commit). When this returns ``None`` the caller runs the normal
+        :meth:`wait_step`, which takes the channel lock and so sees every message committed before:
+        a message sent during or after the linger is either taken there or wakes the recorded wait.
+        LISTEN comes before the first look, so a message committed between the two is not missed.
+        """
+        assert isinstance(lease, SQLLease)
+        raw = self._raw(lease)
+        channel = self.channel(lease.workflow_id)
+        params = {
+            "wid": lease.workflow_id,
+            "sid": request.step_id,
+            "name": request.name,
+            "topics": list(request.topics),
+            "now": request.now,
+        }
+        lease.listening = True  # release() ends it (UNLISTEN *)
+        with raw.pipeline():
+            raw.execute(f'LISTEN "{channel}"')
+            cur = raw.execute(self._fq_take, params)
+        PgFastPath.raw_statements += 2
+        row = cur.fetchone()
+        now = request.now
+        end = time.monotonic() + seconds
+        while row is None:
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            if not list(raw.notifies(timeout=left, stop_after=1)):
+                return None
+            # The checkpoint's time is the consuming statement's, as resume() pins a message by it.
+            now = request.now + (seconds - max(0.0, end - time.monotonic()))
+            row = raw.execute(self._fq_take, {**params, "now": now}).fetchone()
+            PgFastPath.raw_statements += 1
+        topic, payload = row
+        step = StepRecord(lease.workflow_id, request.step_id, request.name, "recv", payload, None, topic, now, now)
+        lease.remember(step)
+        return step
+
     @staticmethod
     def _rollback(raw: psycopg.Connection[Any]) -> None:
         try:
@@ -358,13 +427,22 @@ class PgFastPath:
         assert isinstance(lease, SQLLease)
         self._keep_history(lease)
         conn = lease.conn
-        if lease.finished:
+        if lease.finished and not lease.listening:
             conn.close()  # finish() already released the lock
+            return
+        if lease.finished:  # a pooled connection must not keep listening
+            try:
+                self._raw(lease).execute("UNLISTEN *")
+            except Exception:
+                conn.invalidate()
+            conn.close()
             return
         try:
             raw = self._raw(lease)
             if raw.info.transaction_status != TransactionStatus.IDLE:  # a failed statement
                 raw.execute("ROLLBACK")
+            if lease.listening:
+                raw.execute("UNLISTEN *")
             row = raw.execute(self._fq_unlock, {"k": self._key("x", lease.workflow_id)}).fetchone()
             PgFastPath.raw_statements += 1
             if row is None or not row[0]:

@@ -122,13 +122,14 @@ class PostgresStore(PgFastPath, SQLStore):
             "payload": payload,
             "ikey": idempotency_key,
             "now": now,
+            "chan": self.channel(destination),
         }
         with self._connect() as conn:
             raw = conn.connection.dbapi_connection
             assert isinstance(raw, psycopg.Connection)
             row = raw.execute(self._fq_send, params).fetchone()
             assert row is not None
-            found, seq, ticket, name, queue = row
+            found, seq, ticket, name, queue, _ = row
             if not found:
                 raise no_such_destination(destination)
             if seq is None:  # the idempotency key was used before

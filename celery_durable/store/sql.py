@@ -57,6 +57,7 @@ class SQLLease(Lease):
         self.record: WorkflowRecord | None = None
         self.history: dict[int, StepRecord] | None = None
         self.waited: tuple[str, int] | None = None
+        self.listening = False  # PostgreSQL: the connection LISTENs for a lingering recv (pg_fast.py)
 
     def remember(self, step: StepRecord) -> None:
         """Add a checkpoint this execution wrote (or found written) to its history."""

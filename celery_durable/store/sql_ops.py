@@ -118,8 +118,9 @@ class SQLOperations:
             row = conn.execute(
                 w.update()
                 .where(w.c.workflow_id == wid)
-                # executions = 1: this execution is the new run's first, so a later one reads what it wrote.
-                .values(inputs=inputs, executions=1, attempt_step=None, attempts=None, updated_at=now, **CLEARED_WAIT)
+                # The execution count is kept: it only ever grows, which the per-process checkpoint caches
+                # rely on (step_cache.py); a reset let a stale cached history of the old run pass for the new one.
+                .values(inputs=inputs, attempt_step=None, attempts=None, updated_at=now, **CLEARED_WAIT)
                 .returning(*w.c)
             ).one()
         record = self._workflow(row)

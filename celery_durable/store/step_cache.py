@@ -12,9 +12,11 @@ count became E). It is used by the next claim of that workflow only when the cla
 * Only executions write checkpoints, and every execution increments ``executions`` when it claims.
   ``E + 1`` therefore means no execution ran in between anywhere, so nothing was added.
 * Checkpoints are deleted only by ``resume`` (of an ERROR or CANCELLED workflow), ``prune`` (of a
-  finished one) and ``continue_as_new`` (by an execution, which increments ``executions`` too or
-  resets it). Resume clears the wait fields and prune deletes the row (a re-created id has another
-  ``created_at``), so none of them can leave the row looking like the one cached.
+  finished one) and ``continue_as_new`` (inside an execution, which counted itself when it claimed).
+  Resume clears the wait fields, prune deletes the row (a re-created id has another ``created_at``)
+  and continue_as_new never lowers ``executions``, so none of them can leave the row looking like
+  the one cached. (``executions`` must never go down: a reset would let a cached history of an old
+  run pass for the new run's; tests/engine/test_continue_as_new.py caught exactly that.)
 * Anything else (an execution that ended interrupted, failed, finished, or never recorded its wait)
   drops the entry: the next claim reads every checkpoint.
 

@@ -99,6 +99,8 @@ def test_continue_as_new_racing_with_sends_loses_and_repeats_nothing(store: Stor
         assert not any(t.is_alive() for t in threads), "the workflow never finished: a wake-up was lost"
         (got,) = results
         assert isinstance(got, list), got
+        dupes = sorted({v for v in got if got.count(v) > 1})
+        assert not dupes, f"received twice: {dupes}; got {got}"
         assert sorted(got) == sorted(k * 1000 + i for k in range(senders) for i in range(per_sender))
         for k in range(senders):
             mine = [v for v in got if v // 1000 == k]
