@@ -25,7 +25,9 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 from .records import (
     Dispatch,
@@ -224,6 +226,19 @@ class Store(abc.ABC):
         The row gets *inputs* and no retry count or wait. Raises
         ``WorkflowCancelled`` (changing nothing) when the workflow was cancelled.
         """
+
+    #: Whether :meth:`watch_finish` returns early when a workflow's execution finishes it.
+    notifies_finish = False
+
+    @contextlib.contextmanager
+    def watch_finish(self, workflow_id: str) -> Iterator[Callable[[float], None]]:
+        """Yield ``wait(seconds)``, which returns after *seconds* or earlier once *workflow_id* may have finished.
+
+        For :meth:`WorkflowHandle.result`: the caller re-reads the workflow after each wait, so an early
+        return is only a hint. The default just sleeps; PostgreSQL returns at once on the NOTIFY of the
+        finishing statement (LISTEN/NOTIFY), so a waiting ``result()`` need not poll often.
+        """
+        yield time.sleep
 
     # -- messages and events ------------------------------------------------------------------
     @abc.abstractmethod

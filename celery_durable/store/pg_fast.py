@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -53,6 +55,7 @@ class PgFastPath:
 
     #: Statements sent on the raw path (benchmarks add them to SQLAlchemy's count).
     raw_statements = 0
+    notifies_finish = True
 
     def _fast_statements(self) -> None:
         w, s, m = self.t.workflows.name, self.t.steps.name, self.t.messages.name
@@ -83,8 +86,11 @@ class PgFastPath:
             f"WITH u AS (UPDATE {w} SET status = %(status)s, output = %(output)s, error = %(error)s, "
             "updated_at = %(now)s, wait_kind = NULL, wait_target = NULL, wait_topics = NULL, "
             "wait_step = NULL, deadline = NULL, timer_due = NULL "
-            "WHERE workflow_id = CAST(%(wid)s AS varchar) AND status = 'RUNNING' RETURNING 1 AS one) "
-            f"SELECT pg_advisory_unlock({KEY}) AS unlocked FROM (SELECT count(*) AS n FROM u) AS done"
+            "WHERE workflow_id = CAST(%(wid)s AS varchar) AND status = 'RUNNING' RETURNING 1 AS one), "
+            # Wakes a handle.result() waiting on this workflow (watch_finish), at our commit.
+            "nt AS (SELECT pg_notify(%(fchan)s, '') FROM u) "
+            f"SELECT pg_advisory_unlock({KEY}) AS unlocked FROM (SELECT count(*) AS n FROM u) AS done, "
+            "(SELECT count(*) AS n FROM nt) AS told"
         )
         self._fq_unlock = f"SELECT pg_advisory_unlock({KEY})"
         self._fq_create = (
@@ -344,9 +350,31 @@ class PgFastPath:
             return Suspended(None)
         return Suspended(Dispatch(wid, name, queue, int(ticket), max(0.0, timer_due - now)))
 
-    def channel(self, workflow_id: str) -> str:
-        """The LISTEN/NOTIFY channel of a workflow's messages (an identifier of at most 63 bytes)."""
-        return f"{self.prefix}m{hashlib.sha1(workflow_id.encode()).hexdigest()}"[:63]
+    def channel(self, workflow_id: str, kind: str = "m") -> str:
+        """The LISTEN/NOTIFY channel of a workflow's messages (``m``) or end (``f``): an identifier of at most 63 bytes."""
+        return f"{self.prefix}{kind}{hashlib.sha1(workflow_id.encode()).hexdigest()}"[:63]
+
+    @contextmanager
+    def watch_finish(self, workflow_id: str) -> Iterator[Callable[[float], None]]:
+        """LISTEN for the end of *workflow_id* on a connection of its own; yield a wait that returns
+        early when the finishing statement NOTIFYs (see ``Store.watch_finish``)."""
+        conn = self.exec_engine.connect()
+        raw = conn.connection.dbapi_connection
+        assert isinstance(raw, psycopg.Connection)
+        try:
+            raw.execute(f'LISTEN "{self.channel(workflow_id, "f")}"')
+
+            def wait(seconds: float) -> None:
+                for _ in raw.notifies(timeout=max(0.0, seconds), stop_after=1):
+                    pass
+
+            yield wait
+            raw.execute("UNLISTEN *")
+        except BaseException:
+            conn.invalidate()  # never pool a connection that may still listen
+            raise
+        finally:
+            conn.close()
 
     def linger_recv(self, lease: Any, request: WaitRequest, seconds: float) -> StepRecord | None:
         """Wait up to *seconds* for a message that a ``recv`` at *request* can take, without recording a wait.
@@ -416,6 +444,7 @@ class PgFastPath:
             "now": now,
             "wid": lease.workflow_id,
             "k": self._key("x", lease.workflow_id),
+            "fchan": self.channel(lease.workflow_id, "f"),
         }
         row = self._raw(lease).execute(self._fq_finish, params).fetchone()
         PgFastPath.raw_statements += 1
