@@ -52,6 +52,7 @@ class PgFastPath:
         relaxed: bool
 
         def _key(self, kind: str, workflow_id: str) -> str: ...
+        def _keep_history(self, lease: SQLLease) -> None: ...
 
     #: Statements sent on the raw path (benchmarks add them to SQLAlchemy's count).
     raw_statements = 0
@@ -95,11 +96,11 @@ class PgFastPath:
         self._fq_unlock = f"SELECT pg_advisory_unlock({KEY})"
         self._fq_create = (
             f"INSERT INTO {w} (workflow_id, name, status, inputs, queue, ticket, executions, created_at, updated_at, "
-            "dispatched_at, version, parent_id, timeout_at, trace_context) VALUES (%(wid)s, %(name)s, 'PENDING', "
-            "%(inputs)s, %(queue)s, 0, 0, %(now)s, %(now)s, %(now)s, %(version)s, %(parent)s, %(timeout_at)s, "
-            f"%(trace)s) ON CONFLICT (workflow_id) DO NOTHING RETURNING {cols}"
+            "dispatched_at, version, parent_id, timeout_at, trace_context) VALUES (%(p_wid)s, %(p_name)s, 'PENDING', "
+            "%(p_inputs)s, %(p_queue)s, 0, 0, %(p_now)s, %(p_now)s, %(p_now)s, %(p_version)s, %(p_parent_id)s, %(p_timeout_at)s, "
+            f"%(p_trace_context)s) ON CONFLICT (workflow_id) DO NOTHING RETURNING {cols}"
         )
-        self._fq_get = f"SELECT {cols} FROM {w} WHERE workflow_id = %(wid)s"
+        self._fq_get = f"SELECT {cols} FROM {w} WHERE workflow_id = %(p_wid)s"
         # A send from outside a workflow; see PostgresStore.send for why it is correct in one statement.
         self._fq_send = (
             f"WITH lk AS MATERIALIZED (SELECT pg_advisory_xact_lock({KEY}) AS x), "
@@ -187,42 +188,15 @@ class PgFastPath:
         return into
 
     # -- the hot path -----------------------------------------------------------------------------
-    def create_workflow(
-        self,
-        workflow_id: str,
-        name: str,
-        inputs: str,
-        queue: str | None,
-        now: float,
-        *,
-        version: str | None = None,
-        parent_id: str | None = None,
-        timeout_at: float | None = None,
-        trace_context: str | None = None,
-    ) -> tuple[WorkflowRecord, bool]:
-        """One atomic statement (no transaction needed); a conflict means the row exists (only
-        ``prune`` deletes workflows, and only long-finished ones), so reading it afterwards is safe."""
-        params = {
-            "wid": workflow_id,
-            "name": name,
-            "inputs": inputs,
-            "queue": queue,
-            "now": now,
-            "version": version,
-            "parent": parent_id,
-            "timeout_at": timeout_at,
-            "trace": trace_context,
-        }
-        while True:
-            with self._connect() as conn:  # type: ignore[attr-defined]
-                raw = conn.connection.dbapi_connection
-                row = raw.execute(self._fq_create, params).fetchone()
-                if row is not None:
-                    return self._record(row), True
-                row = raw.execute(self._fq_get, params).fetchone()
+    def _create_or_find(self, params: dict[str, Any]) -> tuple[WorkflowRecord, bool] | None:
+        """``create_workflow``'s one atomic statement (then a read on conflict), raw."""
+        with self._connect() as conn:  # type: ignore[attr-defined]
+            raw = conn.connection.dbapi_connection
+            row = raw.execute(self._fq_create, params).fetchone()
             if row is not None:
-                return self._record(row), False
-            # pruned between the two statements: the id is free again
+                return self._record(row), True
+            row = raw.execute(self._fq_get, params).fetchone()
+        return (self._record(row), False) if row is not None else None
 
     def claim(self, workflow_id: str, ticket: int, now: float) -> tuple[Any, Execution | None]:
         """Take the lock and start the execution in one statement (one round trip).
@@ -483,14 +457,3 @@ class PgFastPath:
                 pass
         finally:
             conn.close()
-
-    def _keep_history(self, lease: SQLLease) -> None:
-        """Cache the history of an execution that recorded a wait; forget it otherwise (step_cache.py)."""
-        record = lease.record
-        if record is None:
-            return
-        if lease.waited is not None and not lease.finished and lease.history is not None:
-            kind, step_id = lease.waited
-            self.step_cache.put(record, record.executions, kind, step_id, lease.history)
-        else:
-            self.step_cache.drop(lease.workflow_id)

@@ -249,6 +249,14 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
         ).first()
         return new_ticket if result is not None else None
 
+    def _running_row(self, conn: sa.Connection, workflow_id: str) -> WorkflowRecord:
+        """Lock the row of the leased workflow (FOR UPDATE) and return it; raise unless it is still RUNNING."""
+        wf = self._select_workflow(conn, workflow_id, for_update=True)
+        if wf is None or wf.status != WorkflowStatus.RUNNING:
+            self._raise_if_cancelled(conn, workflow_id)
+        assert wf is not None
+        return wf
+
     def _raise_if_cancelled(self, conn: sa.Connection, workflow_id: str) -> None:
         w = self.t.workflows
         status = conn.execute(sa.select(w.c.status).where(w.c.workflow_id == workflow_id)).scalar()
@@ -285,14 +293,19 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
         # One atomic statement: no transaction needed. A conflict means the row exists (only
         # prune() deletes workflows, and only long-finished ones), so reading it afterwards is safe.
         while True:
-            with self._connect() as conn:
-                row = conn.execute(self._q_create, params).first()
-                if row is not None:
-                    return self._workflow(row), True
-                existing = self._select_workflow(conn, workflow_id)
-            if existing is not None:
-                return existing, False
+            found = self._create_or_find(params)
+            if found is not None:
+                return found
             # pruned between the two statements: the id is free again
+
+    def _create_or_find(self, params: dict[str, Any]) -> tuple[WorkflowRecord, bool] | None:
+        """Insert the workflow *params* describe, or read the existing row; ``None`` if neither (pruned meanwhile)."""
+        with self._connect() as conn:
+            row = conn.execute(self._q_create, params).first()
+            if row is not None:
+                return self._workflow(row), True
+            existing = self._select_workflow(conn, params["p_wid"])
+        return (existing, False) if existing is not None else None
 
     def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
         with self._connect() as conn:
@@ -440,10 +453,7 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
                 self._lock_channel(conn, "e", request.target)
             else:
                 self._lock_channel(conn, "m", wid)
-            wf = self._select_workflow(conn, wid, for_update=True)
-            if wf is None or wf.status != WorkflowStatus.RUNNING:
-                self._raise_if_cancelled(conn, wid)
-            assert wf is not None
+            wf = self._running_row(conn, wid)
             if wf.wait_step == request.step_id and (wf.deadline is not None or request.timeout is None):
                 deadline = wf.deadline
             else:
@@ -537,10 +547,7 @@ class SQLStore(SQLOperations, SQLRecovery, Store):
         with self._tx(lease) as conn:
             # The same channel lock as a recv's wait: a send to this workflow then sees a consistent row.
             self._lock_channel(conn, "m", wid)
-            wf = self._select_workflow(conn, wid, for_update=True)
-            if wf is None or wf.status != WorkflowStatus.RUNNING:
-                self._raise_if_cancelled(conn, wid)
-            assert wf is not None
+            wf = self._running_row(conn, wid)
             suspended = self._suspend(conn, wf, "retry", wid, (name,), step_id, until, now, horizon)
         assert isinstance(lease, SQLLease)
         lease.waited = ("retry", step_id)  # committed: see step_cache.py

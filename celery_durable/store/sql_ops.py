@@ -41,7 +41,7 @@ class SQLOperations:
         def _workflow(row: Any) -> WorkflowRecord: ...
         @staticmethod
         def _step(row: Any) -> StepRecord: ...
-        def _raise_if_cancelled(self, conn: sa.Connection, workflow_id: str) -> None: ...
+        def _running_row(self, conn: sa.Connection, workflow_id: str) -> WorkflowRecord: ...
 
     def list_workflows(
         self,
@@ -106,9 +106,7 @@ class SQLOperations:
             # The channel lock and the row lock, as a wait takes them: a send meanwhile either
             # committed its message before (unconsumed: the new run receives it) or waits for us.
             self._lock_channel(conn, "m", wid)
-            wf = self._select_workflow(conn, wid, for_update=True)
-            if wf is None or wf.status != WorkflowStatus.RUNNING:
-                self._raise_if_cancelled(conn, wid)
+            self._running_row(conn, wid)
             conn.execute(sa.delete(s).where(s.c.workflow_id == wid))
             # Consumed messages are history too, except those with an idempotency key: it must keep
             # refusing a repeated send of a message the old run already received.

@@ -10,6 +10,7 @@ from celery_durable import core
 from celery_durable.config import DurableConfig
 from celery_durable.serialization import JSONSerializer
 from celery_durable.store import Dispatch, Store, WorkflowStatus, open_store
+from tests.engine.race import Executors
 from tests.store.conftest import store_url
 
 
@@ -60,26 +61,9 @@ def test_continue_as_new_racing_with_sends_loses_and_repeats_nothing(store: Stor
     wakeups: queue.Queue[Dispatch | None] = queue.Queue()
     engines = [core.Engine(s, JSONSerializer(), DurableConfig(), wakeups.put) for s in stores]
     body = _loop(total, batch)
-    results: list[Any] = []
+    executors = Executors(engines, wakeups, body)
     try:
         wakeups.put(Dispatch("wf", "body", None, _start(store, "wf")))
-
-        def execute(engine: core.Engine) -> None:
-            while True:
-                dispatch = wakeups.get()
-                if dispatch is None:
-                    return
-                outcome = engine.execute("wf", dispatch.ticket, "body", body)
-                if isinstance(outcome, core.Busy):
-                    wakeups.put(dispatch)  # the other executor holds it: try again
-                elif isinstance(outcome, core.Finished):
-                    results.append(outcome.value)
-                    for _ in engines:
-                        wakeups.put(None)
-                elif isinstance(outcome, (core.Failed, core.Interrupted, core.Refused)):
-                    results.append(outcome)
-                    for _ in engines:
-                        wakeups.put(None)
 
         def send(k: int) -> None:
             own = open_store(store_url(store), store.prefix)  # type: ignore[attr-defined]
@@ -90,15 +74,7 @@ def test_continue_as_new_racing_with_sends_loses_and_repeats_nothing(store: Stor
             finally:
                 own.close()
 
-        threads = [threading.Thread(target=execute, args=(e,)) for e in engines]
-        threads += [threading.Thread(target=send, args=(k,)) for k in range(senders)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not any(t.is_alive() for t in threads), "the workflow never finished: a wake-up was lost"
-        (got,) = results
-        assert isinstance(got, list), got
+        got = executors.run_with([threading.Thread(target=send, args=(k,)) for k in range(senders)])
         dupes = sorted({v for v in got if got.count(v) > 1})
         assert not dupes, f"received twice: {dupes}; got {got}"
         assert sorted(got) == sorted(k * 1000 + i for k in range(senders) for i in range(per_sender))

@@ -17,6 +17,7 @@ from celery_durable import core
 from celery_durable.config import DurableConfig
 from celery_durable.serialization import JSONSerializer
 from celery_durable.store import Dispatch, Store, WorkflowStatus, open_store
+from tests.engine.race import Executors
 from tests.store.conftest import store_url
 
 
@@ -36,30 +37,15 @@ def _loop(total: int, timeout: float | None) -> Any:
 def test_lingering_recv_racing_with_sends_loses_and_repeats_nothing(store: Store) -> None:
     total = 60
     rng = random.Random(7)
-    executors = [open_store(store_url(store), store.prefix) for _ in range(2)]  # type: ignore[attr-defined]
+    stores = [open_store(store_url(store), store.prefix) for _ in range(2)]  # type: ignore[attr-defined]
     wakeups: queue.Queue[Dispatch | None] = queue.Queue()
     config = DurableConfig(recv_linger=0.05)
-    engines = [core.Engine(s, JSONSerializer(), config, wakeups.put) for s in executors]
+    engines = [core.Engine(s, JSONSerializer(), config, wakeups.put) for s in stores]
     body = _loop(total, None)
-    results: list[Any] = []
-    executions = [0]
+    executors = Executors(engines, wakeups, body)
     try:
         record, _ = store.create_workflow("wf", "body", JSONSerializer().dumps({"args": [], "kwargs": {}}), None, 1.0)
         wakeups.put(Dispatch("wf", "body", None, record.ticket))
-
-        def execute(engine: core.Engine) -> None:
-            while True:
-                dispatch = wakeups.get()
-                if dispatch is None:
-                    return
-                outcome = engine.execute("wf", dispatch.ticket, "body", body)
-                executions[0] += not isinstance(outcome, (core.Stale, core.Busy))
-                if isinstance(outcome, core.Busy):
-                    wakeups.put(dispatch)
-                elif not isinstance(outcome, (core.Waiting, core.Stale)):
-                    results.append(outcome)
-                    for _ in engines:
-                        wakeups.put(None)
 
         def send() -> None:
             own = open_store(store_url(store), store.prefix)  # type: ignore[attr-defined]
@@ -72,22 +58,15 @@ def test_lingering_recv_racing_with_sends_loses_and_repeats_nothing(store: Store
             finally:
                 own.close()
 
-        threads = [threading.Thread(target=execute, args=(e,)) for e in engines] + [threading.Thread(target=send)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not any(t.is_alive() for t in threads), "the workflow never finished: a wake-up was lost"
-        (outcome,) = results
-        assert isinstance(outcome, core.Finished), outcome
-        assert outcome.value == list(range(total)), "every message exactly once, in order"
+        got = executors.run_with([threading.Thread(target=send)])
+        assert got == list(range(total)), "every message exactly once, in order"
         assert [m.consumed for m in store.list_messages("wf")] == [True] * total
         final = store.get_workflow("wf")
         assert final is not None and final.status == WorkflowStatus.SUCCESS
         if store.engine.dialect.name == "postgresql":  # type: ignore[attr-defined]
-            assert executions[0] < total, "messages within the linger continue in place, without a wake-up"
+            assert executors.executions < total, "messages within the linger continue in place, without a wake-up"
     finally:
-        for s in executors:
+        for s in stores:
             s.close()
 
 
