@@ -218,3 +218,67 @@ def describe_ms(values: list[float]) -> str:
         f"p50 {percentile(ms, 50):.2f} ms  p90 {percentile(ms, 90):.2f} ms  p99 {percentile(ms, 99):.2f} ms  "
         f"max {max(ms):.2f} ms  mean {statistics.fmean(ms):.2f} ms  (n={len(ms)})"
     )
+
+
+# -- CPU by process ----------------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+RABBIT_URL = os.environ.get("BENCH_RABBIT", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds of *pid* (its threads included) from /proc/<pid>/stat; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of stat)
+
+
+def pids_named(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class CpuMeter:
+    """CPU seconds by process group: this producer, the worker (main + pool), the broker, PostgreSQL.
+
+    PostgreSQL counts the backends connected to the benchmark's database (pg_stat_activity), not the
+    server's shared processes (WAL writer, checkpointer), which also serve the other users of the
+    machine. The broker is the Redis server the URL points to (its own process id from INFO), or every
+    ``beam.smp`` (RabbitMQ); both are shared with anyone else using them at the same time.
+    """
+
+    def __init__(self, worker: Worker, broker: str, redis_url: str, database: str | None) -> None:
+        self.worker, self.broker, self.database = worker, broker, database
+        self.redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+
+    def _pg_pids(self) -> list[int]:
+        if self.database is None:
+            return []
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,)).fetchall()
+        return [r[0] for r in rows]
+
+    def snapshot(self) -> dict[str, dict[int, float]]:
+        pids = self.worker.pids()
+        groups: dict[str, list[int]] = {"worker-main": pids[:1], "worker-pool": pids[1:], "redis": [self.redis_pid]}
+        if self.broker == "rabbitmq":
+            groups["rabbitmq"] = pids_named("beam.smp")
+        groups["postgres"] = self._pg_pids()
+        snap = {name: {pid: cpu_of(pid) for pid in pids} for name, pids in groups.items()}
+        snap["producer"] = {os.getpid(): time.process_time()}
+        return snap
+
+    @staticmethod
+    def delta(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+        """CPU seconds spent per group between two snapshots (a process that appeared counts from 0)."""
+        return {
+            name: sum(cpu - before.get(name, {}).get(pid, 0.0) for pid, cpu in pids.items())
+            for name, pids in after.items()
+        }
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"

@@ -24,8 +24,12 @@ Redis broker (database 15 by default), a fresh PostgreSQL database as the store,
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -39,7 +43,20 @@ from benchmarks import _common as common
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--round-trips", type=int, default=500, help="send -> recv round trips (default 500; 0 skips)")
-    parser.add_argument("--per-workflow", type=int, default=50, help="round trips per pinger workflow (default 50)")
+    parser.add_argument(
+        "--per-workflow", type=int, default=500, help="round trips per pinger workflow (default 500: one workflow)"
+    )
+    parser.add_argument(
+        "--gap", type=float, default=0.02, help="pause after a stamp is read before the next send, s (default 0.02)"
+    )
+    parser.add_argument(
+        "--broker",
+        choices=["redis", "rabbitmq", "embedded"],
+        default="redis",
+        help="redis (default), rabbitmq, or embedded: filesystem:// broker and an SQLite store",
+    )
+    parser.add_argument("--timer-grace", type=float, default=None, help="DurableConfig timer_grace (default: its own)")
+    parser.add_argument("--linger", type=float, default=None, help="DurableConfig recv_linger, s (default: its own, 0)")
     parser.add_argument("--ping-timeout", type=float, default=60.0, help="recv timeout of the pingers, s (default 60)")
     parser.add_argument("--waiting", type=int, default=10000, help="workflows waiting at once (default 10000; 0 skips)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="recv timeout of the waiters, s (default 1800)")
@@ -52,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--timeout must be beyond --horizon, so the waits hold no countdown message")
 
     tag = common.new_tag("msg")
-    database = common.create_database(tag)
+    database = None if args.broker == "embedded" else common.create_database(tag)
     print(
-        f"celery_durable messaging benchmark: worker celery -P prefork -c {args.concurrency}; broker {args.redis}; "
-        f"store PostgreSQL database {database}; horizon {args.horizon:g} s",
+        f"celery_durable messaging benchmark: worker celery -P prefork -c {args.concurrency}; broker {args.broker}; "
+        f"store {'SQLite' if database is None else 'PostgreSQL database ' + database}; horizon {args.horizon:g} s; "
+        f"{os.cpu_count()} cores; {common.load_average()}",
         flush=True,
     )
     try:
@@ -66,15 +84,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.waiting:
             run_part(args, f"{tag}b", database, many_waiting)
     finally:
-        common.drop_database(database)
+        if database is not None:
+            common.drop_database(database)
     return 0
 
 
-def run_part(args: argparse.Namespace, tag: str, database: str, part: Any) -> None:
+def run_part(args: argparse.Namespace, tag: str, database: str | None, part: Any) -> None:
     # recovery_grace 600: a slow start of 10,000 workflows must not make the sweep re-publish PENDING ones.
+    extra = {} if args.timer_grace is None else {"BENCH_TIMER_GRACE": str(args.timer_grace)}
+    if args.linger is not None:
+        extra["BENCH_LINGER"] = str(args.linger)
+    fs_dir = tempfile.mkdtemp(prefix=f"{tag}-") if database is None else None
+    if args.broker == "rabbitmq":
+        extra["BENCH_BROKER"] = common.RABBIT_URL
+    elif fs_dir is not None:
+        extra.update(BENCH_BROKER="filesystem://", BENCH_FS_DIR=fs_dir)
     env = common.bench_env(
-        tag, database, args.redis, BENCH_HORIZON=str(args.horizon), BENCH_SWEEP="30", BENCH_GRACE="600"
+        tag, database or "", args.redis, BENCH_HORIZON=str(args.horizon), BENCH_SWEEP="30", BENCH_GRACE="600", **extra
     )
+    if fs_dir is not None:
+        env["BENCH_DATABASE_URL"] = f"sqlite:///{fs_dir}/store.sqlite3"
     env["BENCH_PREFIX"] = f"bench_{tag[-1]}_"
     bench = common.load_app(env)
     r = redis.Redis.from_url(args.redis)
@@ -84,7 +113,10 @@ def run_part(args: argparse.Namespace, tag: str, database: str, part: Any) -> No
         bench.durable.migrate()
         poll_engine = sa.create_engine(env["BENCH_DATABASE_URL"])
         worker = common.Worker(env, concurrency=args.concurrency).start()
-        part(args, Ctx(tag, bench, worker, poll_engine, r))
+        ctx = Ctx(tag, bench, worker, poll_engine, r)
+        ctx.meter = common.CpuMeter(worker, args.broker, args.redis, database)
+        ctx.embedded = fs_dir is not None
+        part(args, ctx)
     except Exception:
         if worker is not None:
             print(f"worker log tail:\n{worker.output()[-3000:]}", file=sys.stderr)
@@ -100,6 +132,8 @@ def run_part(args: argparse.Namespace, tag: str, database: str, part: Any) -> No
         oid = bench.app.control.mailbox.oid
         r.close()
         common.redis_cleanup(args.redis, tag, extra_keys=(f"{oid}.reply.celery.pidbox",))
+        if fs_dir is not None:
+            shutil.rmtree(fs_dir, ignore_errors=True)
 
 
 class Ctx:
@@ -107,14 +141,32 @@ class Ctx:
         self.tag, self.bench, self.worker, self.poll_engine, self.r = tag, bench, worker, poll_engine, r
         self.durable = bench.durable
         self.w, self.s = bench.durable.store.t.workflows, bench.durable.store.t.steps
+        self.meter: common.CpuMeter | None = None
+        self.embedded = False
 
     def store_counts(self) -> dict[str, int]:
         with self.poll_engine.connect() as conn:
             rows = conn.execute(sa.select(self.w.c.status, sa.func.count()).group_by(self.w.c.status))
             return {status: count for status, count in rows}
 
+    def store_bytes(self) -> int:
+        """Bytes the store's tables (with indexes) take: PostgreSQL relation sizes, or the SQLite files."""
+        url = self.poll_engine.url
+        if url.get_backend_name() == "sqlite":
+            path = str(url.database)
+            return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+        names = [t.name for t in (self.w, self.s, self.durable.store.t.messages, self.durable.store.t.events)]
+        with self.poll_engine.connect() as conn:
+            total = conn.execute(
+                sa.text("SELECT sum(pg_total_relation_size(CAST(n AS regclass))) FROM unnest(CAST(:names AS text[])) AS n"),
+                {"names": names},
+            ).scalar()
+        return int(total or 0)
+
     def held(self) -> dict[str, Any]:
         """What the worker holds: tasks running, prefetched, held for a countdown; Redis queue and unacked."""
+        if self.embedded:  # the filesystem transport has no remote control
+            return {k: "n/a" for k in ("active", "reserved", "scheduled", "queue", "unacked")}
         inspect = self.bench.app.control.inspect(destination=[self.worker.hostname], timeout=3.0)
 
         def count(reply: dict[str, list[Any]] | None) -> int | str:
@@ -136,6 +188,7 @@ def latency(args: argparse.Namespace, ctx: Ctx) -> None:
     send_calls: list[float] = []
     position: list[int] = []
     per = max(1, args.per_workflow)
+    cpu0 = ctx.meter.snapshot() if ctx.meter else None
     with ctx.poll_engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         for k in range(math.ceil(args.round_trips / per)):
@@ -159,25 +212,49 @@ def latency(args: argparse.Namespace, ctx: Ctx) -> None:
                 stamp = common.wait_until(lambda q=stamp_q: conn.execute(q).scalar(), 60, 0.002, "the stamp")
                 latencies.append(float(stamp) - t0)
                 position.append(i)
-    time.sleep(0.5)
+                conn.rollback()  # end the read transaction: SQLite's WAL is not held by a reader
+                time.sleep(args.gap)
+    cpu = common.CpuMeter.delta(cpu0, ctx.meter.snapshot()) if ctx.meter and cpu0 else {}
+    time.sleep(max(1.5, float(ctx.durable.config.timer_grace) + 0.5))  # timers kept for the grace are decided
     held = ctx.held()
     print(
         f"\n(a) send -> recv-returns latency, {len(latencies)} round trips, {per} per workflow, "
         f"recv timeout {args.ping_timeout:g} s"
     )
+    ms = [x * 1000 for x in latencies]
+    p50, p99 = common.percentile(ms, 50), common.percentile(ms, 99)
     print(f"    latency     {common.describe_ms(latencies)}")
+    print(f"    goal p50 <= 4 ms: {p50:.2f} ms; goal p99 <= 10 ms: {p99:.2f} ms")
     print(f"    send() call {common.describe_ms(send_calls)}")
-    first = [x for x, i in zip(latencies, position) if i < per / 5]
-    last = [x for x, i in zip(latencies, position) if i >= per - per / 5]
-    if first and last and per >= 5:
+    k = min(50, per // 2)
+    first = [x for x, i in zip(latencies, position) if i < k]
+    last = [x for x, i in zip(latencies, position) if i >= per - k]
+    ratio = None
+    if first and last and per >= 4:
+        ratio = common.percentile(last, 50) / common.percentile(first, 50)
         print(
-            f"    p50 over the first fifth of each workflow's recvs {common.percentile(first, 50) * 1000:.2f} ms, "
-            f"over the last fifth {common.percentile(last, 50) * 1000:.2f} ms (each wake-up replays the history)"
+            f"    p50 over messages 1-{k} of each workflow {common.percentile(first, 50) * 1000:.2f} ms, over the last {k} "
+            f"({per - k + 1}-{per}) {common.percentile(last, 50) * 1000:.2f} ms: ratio {ratio:.2f} (goal <= 1.25, flat in history)"
+        )
+    if cpu:
+        n = len(latencies)
+        print(
+            "    CPU per round trip (send + wake-up + recv + stamp), ms: "
+            + ", ".join(f"{g} {v / n * 1000:.3f}" for g, v in cpu.items())
+            + f"; total {sum(cpu.values()) / n * 1000:.3f} (/proc/<pid>/stat; Redis/RabbitMQ shared)"
         )
     print(
-        f"    afterwards the worker holds {held['scheduled']} countdown (ETA) message(s), Redis unacked {held['unacked']}: "
-        "the timers of waits that a message ended first (stale, each a no-op when due)"
+        f"    recv_linger {ctx.durable.config.recv_linger:g} s; afterwards the worker holds {held['scheduled']} countdown (ETA) message(s), Redis unacked {held['unacked']}: "
+        f"timers of waits that a message ended first (timer_grace {ctx.durable.config.timer_grace:g} s keeps short ones "
+        "out of the broker)"
     )
+    summary = {
+        "bench": "messaging-latency", "broker": args.broker, "n": len(latencies), "p50_ms": round(p50, 3),
+        "p99_ms": round(p99, 3), "first_last_ratio": round(ratio, 3) if ratio else None,
+        "send_p50_ms": round(common.percentile(send_calls, 50) * 1000, 3), "held_timers": held["scheduled"],
+        "cores": os.cpu_count(), "load": os.getloadavg()[0],
+    }  # fmt: skip
+    print("JSON " + json.dumps(summary))
 
 
 def many_waiting(args: argparse.Namespace, ctx: Ctx) -> None:
@@ -240,7 +317,10 @@ def many_waiting(args: argparse.Namespace, ctx: Ctx) -> None:
         f"    worker OS threads: after warm-up {base['threads']}, while waiting {during['threads']} "
         f"(pid: (MB, threads) {during['per_process']})"
     )
+    size = ctx.store_bytes()
+    print(f"    store size {size / 2**20:.1f} MB for {n + len(warm)} workflows: {size / (n + len(warm)):.0f} bytes per waiting workflow")
 
+    cpu0 = ctx.meter.snapshot() if ctx.meter else None
     t0 = time.perf_counter()
     t_send = run_parallel(lambda wid: durable.send(wid, "go", topic="go"), ids)
 
@@ -259,7 +339,20 @@ def many_waiting(args: argparse.Namespace, ctx: Ctx) -> None:
     print(
         f"    sent one message to each: {n} sends in {t_send:.1f} s = {n / t_send:.0f} sends/s ({args.threads} thread(s))"
     )
-    print(f"    all {n} finished {t_done:.1f} s after the first send = {n / t_done:.0f} completions/s")
+    print(f"    all {n} finished {t_done:.1f} s after the first send = {n / t_done:.0f} completions/s (goal >= 1000)")
+    if ctx.meter and cpu0:
+        cpu = common.CpuMeter.delta(cpu0, ctx.meter.snapshot())
+        print(
+            "    CPU per wake-up (send + execution), ms: "
+            + ", ".join(f"{g} {v / n * 1000:.3f}" for g, v in cpu.items())
+            + f"; total {sum(cpu.values()) / n * 1000:.3f}"
+        )
+    summary = {
+        "bench": "messaging-waiting", "broker": args.broker, "n": n, "rss_growth_mb": round(during["rss_mb"] - base["rss_mb"], 1),
+        "held": held, "bytes_per_waiting": round(size / (n + len(warm))), "sends_per_s": round(n / t_send),
+        "completions_per_s": round(n / t_done), "cores": os.cpu_count(), "load": os.getloadavg()[0],
+    }  # fmt: skip
+    print("JSON " + json.dumps(summary, default=str))
     print(
         f"    executions per workflow {executions / n:.2f} (2 = start + wake-up); worker RSS after: {after['rss_mb']:.1f} MB"
     )

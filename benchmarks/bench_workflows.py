@@ -19,7 +19,11 @@ flushed to Redis) and in this producer, and reported per workflow.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -49,18 +53,35 @@ def main(argv: list[str] | None = None) -> int:
         "--redis", default=common.DEFAULT_REDIS, help=f"broker and counters (default {common.DEFAULT_REDIS})"
     )
     parser.add_argument("--no-count-sql", action="store_true", help="do not install the SQL counters in the worker")
+    parser.add_argument(
+        "--broker",
+        choices=["redis", "rabbitmq", "embedded"],
+        default="redis",
+        help="redis (default), rabbitmq, or embedded: the filesystem:// broker and an SQLite store (the defaults)",
+    )
+    parser.add_argument("--durability", choices=["full", "relaxed"], default="full", help="DurableConfig durability")
     args = parser.parse_args(argv)
 
     tag = common.new_tag("wf")
-    database = common.create_database(tag)
+    embedded = args.broker == "embedded"
+    database = None if embedded else common.create_database(tag)
+    fs_dir = tempfile.mkdtemp(prefix=f"{tag}-") if embedded else None
+    extra = {"BENCH_DURABILITY": args.durability}
+    if args.broker == "rabbitmq":
+        extra["BENCH_BROKER"] = common.RABBIT_URL
+    elif fs_dir is not None:
+        extra.update(BENCH_BROKER="filesystem://", BENCH_FS_DIR=fs_dir)
     env = common.bench_env(
         tag,
-        database,
+        database or "",
         args.redis,
         BENCH_PREFETCH=str(args.prefetch),
         BENCH_COUNT_SQL="0" if args.no_count_sql else "1",
         BENCH_SWEEP="30",
+        **extra,
     )
+    if fs_dir is not None:
+        env["BENCH_DATABASE_URL"] = f"sqlite:///{fs_dir}/store.sqlite3"
     bench = common.load_app(env)
     r = redis.Redis.from_url(args.redis)
     worker: common.Worker | None = None
@@ -92,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             key = f"bench:{tag}:done:{kind}:{label}"
             before = store_counts().get("SUCCESS", 0)
             sql0, prod0 = worker_sql(), producer_sql.snapshot()
+            cpu0 = meter.snapshot()
             t0 = time.perf_counter()
             for i in range(n):
                 enqueue(kind, i, key)
@@ -108,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
             common.wait_until(done, timeout=max(180.0, n / 5), interval=0.01, what=f"{n} {kind} to finish")
             total = time.perf_counter() - t0
-            result: dict[str, Any] = {"kind": kind, "n": n, "total": total, "enqueue": enqueued, "rate": n / total}
+            cpu = {k: v / n * 1000 for k, v in common.CpuMeter.delta(cpu0, meter.snapshot()).items()}
+            result: dict[str, Any] = {
+                "kind": kind, "n": n, "total": total, "enqueue": enqueued, "rate": n / total, "cpu_ms": cpu,
+                "load": os.getloadavg()[0],
+            }  # fmt: skip
             if kind == "durable" and not args.no_count_sql:
                 time.sleep(0.6)  # the pool processes flush their counters every 0.2 s
                 sql1 = worker_sql()
@@ -117,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             return result
 
         worker = common.Worker(env, concurrency=args.concurrency).start()
+        meter = common.CpuMeter(worker, args.broker, args.redis, database)
+        store_name = f"SQLite {env['BENCH_DATABASE_URL']}" if embedded else f"PostgreSQL database {database}"
         print(
             f"celery_durable workflows benchmark: N={args.workflows} per kind, {args.rounds} round(s), warm-up {args.warmup}\n"
             f"worker: celery worker -P prefork -c {args.concurrency}, prefetch multiplier {args.prefetch}, log level warning; "
-            f"broker {args.redis}; store PostgreSQL database {database}",
+            f"broker {args.broker} ({env.get('BENCH_BROKER') or args.redis}); store {store_name}; "
+            f"durability {args.durability}; {os.cpu_count()} cores; {common.load_average()}",
             flush=True,
         )
         for kind in KINDS:
@@ -147,8 +176,30 @@ def main(argv: list[str] | None = None) -> int:
             med[kind] = mid["total"]
             print(f"  {title:<28}{mid['total']:9.2f}{args.workflows / mid['total']:9.1f}{mid['enqueue']:11.2f}")
         print(
-            f"  ratio time (c)/(a): {med['durable'] / med['plain']:.2f}   (c)/(b): {med['durable'] / med['chain']:.2f}"
+            f"  ratio time (c)/(a): {med['durable'] / med['plain']:.2f} (goal <= 1.5)   (c)/(b): "
+            f"{med['durable'] / med['chain']:.2f} (goal < 1: ahead of the chain)"
         )
+        groups = [
+            g for g in ("producer", "worker-main", "worker-pool", "redis", "rabbitmq", "postgres") if g in results[0]["cpu_ms"]
+        ]
+        print("\nCPU per workflow by process, ms (mean over rounds; /proc/<pid>/stat; Redis and RabbitMQ are shared)")
+        print(f"  {'kind':<28}" + "".join(f"{g:>12}" for g in groups) + f"{'total':>10}{'load':>7}")
+        cpu_total: dict[str, float] = {}
+        for kind, title in KINDS.items():
+            rs = [x for x in results if x["kind"] == kind]
+            mean = {g: sum(x["cpu_ms"][g] for x in rs) / len(rs) for g in groups}
+            cpu_total[kind] = sum(mean.values())
+            load = sum(x["load"] for x in rs) / len(rs)
+            print(f"  {title:<28}" + "".join(f"{mean[g]:12.3f}" for g in groups) + f"{cpu_total[kind]:10.3f}{load:7.2f}")
+        print(f"  ratio total CPU (c)/(a): {cpu_total['durable'] / cpu_total['plain']:.2f} (goal <= 1.5)")
+        summary = {
+            "bench": "workflows", "broker": args.broker, "durability": args.durability, "n": args.workflows,
+            "cores": os.cpu_count(), "per_s": {k: round(args.workflows / v, 1) for k, v in med.items()},
+            "ratio_time": round(med["durable"] / med["plain"], 3),
+            "ratio_cpu": round(cpu_total["durable"] / cpu_total["plain"], 3),
+            "cpu_ms": {k: round(v, 3) for k, v in cpu_total.items()},
+        }  # fmt: skip
+        print("JSON " + json.dumps(summary))
 
         with poll_engine.connect() as conn:
             executions = conn.execute(sa.select(sa.func.sum(workflows.c.executions), sa.func.count())).one()
@@ -196,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.app.pool.force_close_all()
         r.close()
         common.redis_cleanup(args.redis, tag, extra_keys=(f"{oid}.reply.celery.pidbox",))
-        common.drop_database(database)
+        if database is not None:
+            common.drop_database(database)
+        if fs_dir is not None:
+            shutil.rmtree(fs_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

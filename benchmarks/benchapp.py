@@ -1,7 +1,10 @@
 """The Celery app the benchmarks run in a real ``celery worker``, configured by the environment.
 
 BENCH_TAG        unique tag of a run: the queue is named after it, Redis keys start with ``bench:<tag>:``
-BENCH_REDIS      Redis URL used as broker and for counters (default redis://127.0.0.1:6379/15)
+BENCH_REDIS      Redis URL used for counters, and as broker unless BENCH_BROKER names another (default redis://127.0.0.1:6379/15)
+BENCH_BROKER     broker URL (amqp://..., or filesystem:// with BENCH_FS_DIR the folder)
+BENCH_DURABILITY DurableConfig durability ("full" or "relaxed")
+BENCH_TIMER_GRACE, BENCH_LINGER   DurableConfig timer_grace and recv_linger, seconds
 BENCH_DATABASE_URL, BENCH_PREFIX   the durable store (PostgreSQL) and its table prefix
 BENCH_HORIZON, BENCH_SWEEP, BENCH_GRACE   DurableConfig horizon, sweep_interval ("none" = only at start), recovery_grace
 BENCH_PREFETCH   worker_prefetch_multiplier (default 4, Celery's default)
@@ -34,13 +37,20 @@ REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/15")
 QUEUE = f"{TAG}-q"
 SQL_KEY = f"bench:{TAG}:sql"
 
-app = Celery("benchapp", broker=REDIS_URL)
+BROKER_URL = os.environ.get("BENCH_BROKER") or REDIS_URL
+app = Celery("benchapp", broker=BROKER_URL)
 app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     worker_prefetch_multiplier=int(os.environ.get("BENCH_PREFETCH", "4")),
     task_default_queue=QUEUE,
 )
+if BROKER_URL.startswith("filesystem://"):  # the embedded default: a folder as broker (BENCH_FS_DIR)
+    _fs = os.environ["BENCH_FS_DIR"]
+    app.conf.update(
+        broker_transport_options={"data_folder_in": _fs, "data_folder_out": _fs, "polling_interval": 0.01},
+        worker_enable_remote_control=False,  # the filesystem transport has no broadcast
+    )
 
 _sweep = os.environ.get("BENCH_SWEEP", "30")
 durable = Durable(
@@ -50,6 +60,9 @@ durable = Durable(
     horizon=float(os.environ.get("BENCH_HORIZON", "300")),
     sweep_interval=None if _sweep == "none" else float(_sweep),
     recovery_grace=float(os.environ.get("BENCH_GRACE", "120")),
+    **({"durability": "relaxed"} if os.environ.get("BENCH_DURABILITY") == "relaxed" else {}),
+    **({"timer_grace": float(os.environ["BENCH_TIMER_GRACE"])} if os.environ.get("BENCH_TIMER_GRACE") else {}),
+    **({"recv_linger": float(os.environ["BENCH_LINGER"])} if os.environ.get("BENCH_LINGER") else {}),
 )
 
 _redis: redis.Redis | None = None
@@ -116,6 +129,9 @@ def _flush_loop(counter: SQLCounter) -> None:
     while True:
         time.sleep(0.2)
         now = counter.snapshot()
+        raw = int(getattr(type(durable.store), "raw_statements", 0))  # PostgreSQL's raw hot path (pg_fast.py)
+        now["statements"] += raw
+        now["autocommit"] += raw
         delta = {f: now[f] - sent[f] for f in SQLCounter.FIELDS if now[f] != sent[f]}
         if not delta:
             continue
@@ -137,6 +153,25 @@ def _count_sql_in_child(**_: Any) -> None:
         if exec_engine is not None:
             counter.attach(exec_engine)
         threading.Thread(target=_flush_loop, args=(counter,), name="bench-sql-flush", daemon=True).start()
+
+
+@worker_process_init.connect
+def _profile_child(**_: Any) -> None:
+    """BENCH_PROFILE=<dir>: each pool process profiles itself (CPU time) and dumps at exit."""
+    folder = os.environ.get("BENCH_PROFILE")
+    if folder:
+        import cProfile
+
+        from celery.signals import worker_process_shutdown
+
+        prof = cProfile.Profile(time.process_time)
+        prof.enable()
+
+        def dump(**_: Any) -> None:
+            prof.disable()
+            prof.dump_stats(f"{folder}/{os.getpid()}.prof")
+
+        worker_process_shutdown.connect(dump, weak=False)
 
 
 @worker_ready.connect

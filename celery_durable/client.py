@@ -62,7 +62,12 @@ class Client:
         if self._store is None:
             with self._store_lock:
                 if self._store is None:
-                    store = open_store(self.database_url, self.config.table_prefix, self.config.engine_options)
+                    store = open_store(
+                        self.database_url,
+                        self.config.table_prefix,
+                        self.config.engine_options,
+                        durability=self.config.durability,
+                    )
                     if self.config.auto_migrate:
                         store.migrate()
                     self._store = store

@@ -40,6 +40,24 @@ class DurableConfig:
     max_payload: int = 256 * 1024
     #: Extra keyword arguments for ``sqlalchemy.create_engine``.
     engine_options: dict[str, Any] = field(default_factory=dict)
+    #: "full" (default): every checkpoint's commit waits for its WAL flush, so a finished step survives
+    #: a crash of the worker and of PostgreSQL. "relaxed" (opt-in, PostgreSQL): step checkpoints commit
+    #: without waiting for the flush (``synchronous_commit=off`` for that commit only); the start, the
+    #: finish, sends, received messages, events and waits keep waiting for it. A PostgreSQL crash (not a
+    #: worker crash) can then forget the checkpoints of steps that finished after the workflow's last
+    #: flushed write (at most ~3 x ``wal_writer_delay``, 0.6 s by default): those steps run again. Never a
+    #: send or a received message: their own flush also flushes every earlier commit (the WAL is written
+    #: in order). No effect on SQLite (its ``synchronous=NORMAL`` never waits for the disk per commit).
+    durability: str = "full"
+    #: Seconds a wait's timer is kept in the worker process before it is published, and then only if the
+    #: workflow still waits (see timers.py): a wait that a message ends within it leaves no countdown
+    #: message held in a worker. 0 publishes every timer at once.
+    timer_grace: float = 1.0
+    #: Seconds a ``recv`` that finds no message keeps its worker slot and waits in place for one (PostgreSQL:
+    #: LISTEN/NOTIFY) before it records the wait and leaves. A reply within it continues the execution
+    #: without a broker hop and without replaying the history. 0 (default) leaves at once; it pays for
+    #: request/response loops whose replies come within milliseconds, and costs a held slot otherwise.
+    recv_linger: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("horizon", "recovery_grace", "busy_backoff"):
@@ -54,6 +72,16 @@ class DurableConfig:
             raise ConfigurationError(
                 f"sweep_interval must be a positive number of seconds or None, got {self.sweep_interval!r}"
             )
+        if isinstance(self.timer_grace, bool) or not isinstance(self.timer_grace, (int, float)) or not (
+            0 <= self.timer_grace < math.inf
+        ):
+            raise ConfigurationError(f"timer_grace must be a number of seconds >= 0, got {self.timer_grace!r}")
+        if isinstance(self.recv_linger, bool) or not isinstance(self.recv_linger, (int, float)) or not (
+            0 <= self.recv_linger <= 60
+        ):
+            raise ConfigurationError(f"recv_linger must be a number of seconds from 0 to 60, got {self.recv_linger!r}")
+        if self.durability not in ("full", "relaxed"):
+            raise ConfigurationError(f"durability must be 'full' or 'relaxed', got {self.durability!r}")
         if isinstance(self.max_payload, bool) or not isinstance(self.max_payload, int) or self.max_payload <= 0:
             raise ConfigurationError(f"max_payload must be a positive number of bytes, got {self.max_payload!r}")
 

@@ -69,6 +69,8 @@ class _Missing:
 
 
 TIMED_OUT: Any = _Missing()
+_NOT_DECODED = object()
+_IMMUTABLE = frozenset({int, float, str, bool, type(None), bytes})
 
 
 class Suspend(BaseException):
@@ -81,6 +83,14 @@ class Suspend(BaseException):
 
 class _Cancelled(BaseException):
     """Unwinds a workflow body that was cancelled (a BaseException for the same reason as :class:`Suspend`)."""
+
+
+class _ContinueAsNew(BaseException):
+    """Unwinds a workflow body that called ``continue_as_new`` (a BaseException for the same reason as :class:`Suspend`)."""
+
+    def __init__(self, inputs: str) -> None:
+        super().__init__("workflow continues as new")
+        self.inputs = inputs
 
 
 class _TimedOut(BaseException):
@@ -131,6 +141,13 @@ class Refused(Outcome):
     error: BaseException
 
 
+@dataclass
+class _Continued(Outcome):
+    """Internal: the body continued as new; run it again in place from *execution*."""
+
+    execution: Execution
+
+
 class Stale(Outcome):
     """The message's ticket is not current, or the workflow finished: nothing to do."""
 
@@ -165,6 +182,7 @@ def require_context(operation: str) -> WorkflowContext:
     return ctx
 
 
+@functools.lru_cache(maxsize=4096)  # every replay names each operation again: hash long names once
 def _op_name(kind: str, *parts: str) -> str:
     name = ":".join((kind, *parts))
     if len(name) <= MAX_ID_LENGTH:
@@ -240,8 +258,13 @@ class Engine:
         try:
             if execution is None:
                 return Stale()
-            run = functools.partial(self._execute_locked, lease, execution, name, fn)
-            return self.observers.execution(execution.workflow, run) if self.observers else run()  # observer hook
+            while True:
+                run = functools.partial(self._execute_locked, lease, execution, name, fn)
+                outcome = self.observers.execution(execution.workflow, run) if self.observers else run()  # observer hook
+                if not isinstance(outcome, _Continued):
+                    return outcome
+                # continue_as_new committed: the new run starts here, under the same lock.
+                execution = outcome.execution
         finally:
             self.store.release(lease)
 
@@ -268,6 +291,8 @@ class Engine:
                 ) from None
         except Suspend as suspend:
             return Waiting(suspend.dispatch)
+        except _ContinueAsNew as cont:
+            return self._continue_as_new(lease, record, cont.inputs)
         except _TimedOut as stop:
             log.warning("workflow %s stopped: %s", record.workflow_id, stop.error)
             outcome = self._finish(lease, WorkflowStatus.CANCELLED, None, encode_error(stop.error), Cancelled(stop.error))
@@ -293,6 +318,18 @@ class Engine:
         finally:
             _CURRENT.reset(token)
         return self._finish(lease, WorkflowStatus.SUCCESS, output, None, Finished(value))
+
+    def _continue_as_new(self, lease: Lease, record: WorkflowRecord, inputs: str) -> Outcome:
+        try:
+            new = self.store.continue_as_new(lease, inputs, self.clock())
+        except WorkflowCancelled:
+            return Cancelled()
+        except Exception as exc:
+            if self.store.is_transient(exc) or isinstance(exc, DurableError):
+                return Interrupted(exc)
+            rejected = _rejected(exc, "the inputs of continue_as_new", record.workflow_id)
+            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected))
+        return _Continued(Execution(new, {}))
 
     def _finish(
         self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, outcome: Outcome
@@ -374,7 +411,18 @@ class WorkflowContext:
     def _output(self, step: StepRecord) -> Any:
         if step.error is not None:
             raise decode_error(step.error)
-        return self.engine.serializer.loads(step.output) if step.output is not None else None
+        if step.output is None:
+            return None
+        # Checkpoints outlive executions in the store's per-process cache, so a replay decodes each
+        # output once: an immutable value is memoised on the record (not a field: equality, repr and
+        # the store never see it). A mutable one is decoded afresh, so the body may change it freely.
+        memo = step.__dict__.get("_decoded", _NOT_DECODED)
+        if memo is not _NOT_DECODED:
+            return memo
+        value = self.engine.serializer.loads(step.output)
+        if type(value) in _IMMUTABLE:
+            object.__setattr__(step, "_decoded", value)
+        return value
 
     # -- operations ---------------------------------------------------------------------------------
     def run_step(
@@ -462,14 +510,22 @@ class WorkflowContext:
         if recorded is None:
             engine = self.engine
             request = WaitRequest(step_id, name, kind, topics, target, timeout, engine.clock(), engine.config.horizon)
+            linger = engine.config.recv_linger if timeout is None else min(engine.config.recv_linger, timeout)
+            if kind == "recv" and linger > 0:
+                # Wait in place briefly (store.linger_recv says why no message can be lost): a reply
+                # within it continues here, without leaving and replaying.
+                recorded = self._store(
+                    lambda: engine.store.linger_recv(self.lease, request, linger), f"{kind} {name!r}"
+                )
+            if recorded is None:
 
-            def wait() -> StepRecord:
-                result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
-                if isinstance(result, Suspended):
-                    raise Suspend(result.dispatch)
-                return result
+                def wait() -> StepRecord:
+                    result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
+                    if isinstance(result, Suspended):
+                        raise Suspend(result.dispatch)
+                    return result
 
-            recorded = engine.observers.wait(self, request, wait) if engine.observers else wait()  # observer hook
+                recorded = engine.observers.wait(self, request, wait) if engine.observers else wait()  # observer hook
         if recorded.output is None and recorded.error is None:
             return None
         return recorded
@@ -492,6 +548,19 @@ class WorkflowContext:
 
     def deprecate_patch(self, patch: str) -> None:
         versioning.deprecate_patch(self, patch, _op_name("patch", patch))
+
+    def continue_as_new(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """End this run and start the workflow again with these inputs and an empty history (same id, same lock).
+
+        Takes effect at once (it raises through the body): the history is replaced atomically by
+        ``Store.continue_as_new`` and the body runs again from the top in this execution.
+        """
+        self.check_deadline()
+        try:
+            inputs = check_stored_text(self.engine.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
+        except SerializationError as exc:
+            raise SerializationError(f"continue_as_new of workflow {self.workflow_id!r}: {exc}") from None
+        raise _ContinueAsNew(inputs)
 
     def record_marker(self, name: str, kind: str) -> None:
         """Take the next step id for a checkpoint that only marks a decision (a patch taken)."""

@@ -21,12 +21,12 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.result import AsyncResult
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from . import children, core, hooks, versioning
 from . import validation as v
@@ -35,7 +35,8 @@ from .config import DurableConfig
 from .errors import ConfigurationError, DurableError, InvalidArgument
 from .handle import WorkflowHandle
 from .retries import RetryPolicy
-from .store import Dispatch, Store
+from .store import Dispatch, Store, WorkflowStatus
+from .timers import DeferredTimers
 
 log = logging.getLogger("celery_durable")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -145,7 +146,10 @@ class Durable(children.ChildrenAPI, Client):
         # Children (children.py): durable.map(step, items) runs each item as a child of this workflow.
         self._steps: dict[str, Callable[..., Any]] = {}
         self._step_workflow = self.workflow(name=f"celery_durable.{self.config.table_prefix}map_step")(self._map_step)
+        grace = self.config.timer_grace
+        self._timers = DeferredTimers(grace, self._still_waiting, self._publish) if grace > 0 else None
         worker_process_init.connect(self._after_fork, weak=False)
+        worker_process_shutdown.connect(self._flush_timers, weak=False)
         worker_ready.connect(self._on_worker_ready, weak=False)
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
         _REGISTRY.setdefault(app, weakref.WeakSet()).add(self)
@@ -338,9 +342,12 @@ class Durable(children.ChildrenAPI, Client):
         if isinstance(outcome, core.Failed):
             raise outcome.error
         if isinstance(outcome, core.Waiting):
-            if outcome.dispatch is not None:
+            timer = outcome.dispatch
+            if timer is not None and self._timers is not None and timer.countdown > self._timers.grace:
+                self._timers.defer(timer)  # published after the grace if it still waits (timers.py)
+            elif timer is not None:
                 # The lock is already released, so a timer that fires at once finds the workflow free.
-                self._retry(task, {TICKET_KW: outcome.dispatch.ticket}, outcome.dispatch.countdown)
+                self._retry(task, {TICKET_KW: timer.ticket}, timer.countdown)
             # else: a far deadline; the sweep arms the timer when it comes within the horizon.
             return None
         if isinstance(outcome, core.Interrupted) and isinstance(outcome.error, _CONTROL_FLOW):
@@ -454,6 +461,19 @@ class Durable(children.ChildrenAPI, Client):
         topic, value = core.require_context("recv_any").recv(stored, seconds)
         return default if value is core.TIMED_OUT else (topic or None, value)
 
+    def continue_as_new(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Restart this workflow with new inputs and an empty history, under the same id (only inside a workflow).
+
+        Atomic: its checkpoints and the messages it already received are deleted and the inputs replaced in
+        one transaction, then the body runs again from the top with ``*args``/``**kwargs`` in the same
+        execution. Messages not yet received, events and the workflow's deadline stay. Use it in a loop that
+        lives long (a workflow that receives thousands of messages): each wake-up replays the history, so
+        the history should stay short. Never returns.
+        """
+        args, kwargs = v.check_call(args, kwargs)
+        core.require_context("continue_as_new").continue_as_new(args, kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def set_event(self, key: str, value: Any) -> None:
         """Publish *value* under *key* for this workflow (checkpointed; the last value wins). Only inside a workflow."""
         key = v.check_id(key, "event key")
@@ -510,6 +530,15 @@ class Durable(children.ChildrenAPI, Client):
 
     def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
         self._stop.set()
+        self._flush_timers()
+
+    def _flush_timers(self, **_: Any) -> None:
+        if self._timers is not None:
+            self._timers.flush()
+
+    def _still_waiting(self, dispatch: Dispatch) -> bool:
+        record = self.store.get_workflow(dispatch.workflow_id)
+        return record is not None and record.status == WorkflowStatus.WAITING and record.ticket == dispatch.ticket
 
     def _sweep_loop(self) -> None:
         interval = self.config.sweep_interval

@@ -102,6 +102,8 @@ def check_topic(topic: Any) -> str:
     """Map a user topic to its stored form: ``None`` is the default topic ``''``."""
     if topic is None:
         return ""
+    if type(topic) is str and 0 < len(topic) <= MAX_NAME_LENGTH and topic.isascii() and "\x00" not in topic:
+        return topic  # the common case, checked cheaply (every replay passes here); the same rules as check_name
     return check_name(topic, "topic")
 
 
@@ -123,6 +125,9 @@ def check_timeout(timeout: Any, what: str = "timeout", *, allow_none: bool = Tru
     """Seconds as a float: finite, ``>= 0``, at most :data:`MAX_TIMEOUT`; ``None`` (forever) if allowed."""
     if timeout is None and allow_none:
         return None
+    if type(timeout) is float or type(timeout) is int:  # the common case, checked cheaply (every replay passes here)
+        if 0 <= timeout <= MAX_TIMEOUT:  # NaN and infinities fail this
+            return timeout + 0.0  # a float; -0.0 becomes 0.0
     rule = f"a number of seconds from 0 to {MAX_TIMEOUT:.0f} (ten years)" + (
         ", or None to wait forever" if allow_none else ""
     )

@@ -34,8 +34,14 @@ __all__ = [
 ]
 
 
-def open_store(url: str, prefix: str = "durable_", engine_options: dict[str, Any] | None = None) -> Store:
-    """Open the store at *url*: ``postgresql[+psycopg]://...`` or ``sqlite:///path``."""
+def open_store(
+    url: str, prefix: str = "durable_", engine_options: dict[str, Any] | None = None, *, durability: str = "full"
+) -> Store:
+    """Open the store at *url*: ``postgresql[+psycopg]://...`` or ``sqlite:///path``.
+
+    *durability* ``"relaxed"`` lets step checkpoints commit without waiting for their flush to disk
+    (PostgreSQL; see ``DurableConfig.durability``). SQLite's ``synchronous=NORMAL`` is already that.
+    """
     if not prefix.replace("_", "").isalnum() or not prefix[0].isalpha():
         raise ConfigurationError(
             f"table prefix {prefix!r} must start with a letter and hold only letters, digits and _"
@@ -44,7 +50,7 @@ def open_store(url: str, prefix: str = "durable_", engine_options: dict[str, Any
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         from .postgres import PostgresStore
 
-        return PostgresStore("postgresql+psycopg:" + url.split(":", 1)[1], prefix, engine_options)
+        return PostgresStore("postgresql+psycopg:" + url.split(":", 1)[1], prefix, engine_options, durability=durability)
     if scheme.startswith("sqlite"):
         from .sqlite import SQLiteStore
 

@@ -25,7 +25,9 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 from .child_records import ChildSpec, Joined, JoinRequest
 from .records import (
@@ -218,6 +220,14 @@ class Store(abc.ABC):
         the horizon. Raises ``WorkflowCancelled`` when the workflow was cancelled.
         """
 
+    def linger_recv(self, lease: Lease, request: WaitRequest, seconds: float) -> StepRecord | None:
+        """Optionally wait up to *seconds*, holding the lease and leaving the workflow RUNNING, for a
+        message that the ``recv`` *request* can take; take it (checkpoint included) and return its
+        checkpoint, or return ``None`` and record nothing. The caller then calls :meth:`wait_step` as
+        usual. Backends without a way to be told of a message return ``None`` at once (the default).
+        """
+        return None
+
     @abc.abstractmethod
     def start_attempt(self, lease: Lease, step_id: int, attempt: int, now: float) -> None:
         """Record that *attempt* (1-based) of step *step_id* starts, before it runs (durable step retries).
@@ -250,6 +260,30 @@ class Store(abc.ABC):
         It is the last write of an execution: a backend may release the lock with it, after the
         row is updated (:meth:`release` must still be called, and then only returns the connection).
         """
+
+    @abc.abstractmethod
+    def continue_as_new(self, lease: Lease, inputs: str, now: float) -> WorkflowRecord:
+        """Restart the leased (RUNNING) workflow's history with *inputs*, in one transaction; return the new row.
+
+        Deletes every checkpoint and every consumed message addressed to it that has no idempotency key
+        (keyed ones stay, so a repeated send is still refused); unconsumed messages, events, the ticket,
+        the status (RUNNING), the lock, the execution count (it never goes down) and ``timeout_at`` stay.
+        The row gets *inputs* and no retry count or wait. Raises
+        ``WorkflowCancelled`` (changing nothing) when the workflow was cancelled.
+        """
+
+    #: Whether :meth:`watch_finish` returns early when a workflow's execution finishes it.
+    notifies_finish = False
+
+    @contextlib.contextmanager
+    def watch_finish(self, workflow_id: str) -> Iterator[Callable[[float], None]]:
+        """Yield ``wait(seconds)``, which returns after *seconds* or earlier once *workflow_id* may have finished.
+
+        For :meth:`WorkflowHandle.result`: the caller re-reads the workflow after each wait, so an early
+        return is only a hint. The default just sleeps; PostgreSQL returns at once on the NOTIFY of the
+        finishing statement (LISTEN/NOTIFY), so a waiting ``result()`` need not poll often.
+        """
+        yield time.sleep
 
     # -- messages and events ------------------------------------------------------------------
     @abc.abstractmethod

@@ -31,6 +31,7 @@ from .schema import ACTIVE_STATUSES, CLEARED_WAIT, LATEST_VERSION, MIGRATIONS, b
 from .sql_children import SQLChildren
 from .sql_ops import SQLOperations
 from .sql_recovery import SQLRecovery
+from .step_cache import StepCache
 
 
 def no_such_destination(destination: str) -> WorkflowNotFound:
@@ -53,6 +54,17 @@ class SQLLease(Lease):
         self.autocommit = autocommit
         self.finished = False  # set by finish(): the workflow will never run again
         self.parent_id: str | None = None  # set by the claim: finish() wakes a parent only for children
+        # The execution's history, kept for the next execution in this process (step_cache.py):
+        # the row as claimed, every checkpoint (read or written), and the wait it recorded, if any.
+        self.record: WorkflowRecord | None = None
+        self.history: dict[int, StepRecord] | None = None
+        self.waited: tuple[str, int] | None = None
+        self.listening = False  # PostgreSQL: the connection LISTENs for a lingering recv (pg_fast.py)
+
+    def remember(self, step: StepRecord) -> None:
+        """Add a checkpoint this execution wrote (or found written) to its history."""
+        if self.history is not None:
+            self.history[step.step_id] = step
 
 
 class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
@@ -65,6 +77,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
         self.engine = engine
         self.prefix = prefix
         self.t = build_tables(prefix)
+        self.step_cache = StepCache()
         self._hot_statements()
 
     # -- backend hooks -------------------------------------------------------------------------
@@ -238,6 +251,14 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
         ).first()
         return new_ticket if result is not None else None
 
+    def _running_row(self, conn: sa.Connection, workflow_id: str) -> WorkflowRecord:
+        """Lock the row of the leased workflow (FOR UPDATE) and return it; raise unless it is still RUNNING."""
+        wf = self._select_workflow(conn, workflow_id, for_update=True)
+        if wf is None or wf.status != WorkflowStatus.RUNNING:
+            self._raise_if_cancelled(conn, workflow_id)
+        assert wf is not None
+        return wf
+
     def _raise_if_cancelled(self, conn: sa.Connection, workflow_id: str) -> None:
         w = self.t.workflows
         status = conn.execute(sa.select(w.c.status).where(w.c.workflow_id == workflow_id)).scalar()
@@ -274,14 +295,19 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
         # One atomic statement: no transaction needed. A conflict means the row exists (only
         # prune() deletes workflows, and only long-finished ones), so reading it afterwards is safe.
         while True:
-            with self._connect() as conn:
-                row = conn.execute(self._q_create, params).first()
-                if row is not None:
-                    return self._workflow(row), True
-                existing = self._select_workflow(conn, workflow_id)
-            if existing is not None:
-                return existing, False
+            found = self._create_or_find(params)
+            if found is not None:
+                return found
             # pruned between the two statements: the id is free again
+
+    def _create_or_find(self, params: dict[str, Any]) -> tuple[WorkflowRecord, bool] | None:
+        """Insert the workflow *params* describe, or read the existing row; ``None`` if neither (pruned meanwhile)."""
+        with self._connect() as conn:
+            row = conn.execute(self._q_create, params).first()
+            if row is not None:
+                return self._workflow(row), True
+            existing = self._select_workflow(conn, params["p_wid"])
+        return (existing, False) if existing is not None else None
 
     def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
         with self._connect() as conn:
@@ -341,7 +367,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
             )
             .returning(*w.c)
         )
-        self._q_steps = sa.select(s).where(s.c.workflow_id == wid)
+        self._q_steps = sa.select(s).where(s.c.workflow_id == wid, s.c.step_id > sa.bindparam("p_after"))
         running = sa.exists().where(w.c.workflow_id == wid, w.c.status == WorkflowStatus.RUNNING.value)
         source = sa.select(*[sa.bindparam(f"p_{c.name}", type_=c.type).label(c.name) for c in s.c]).where(running)
         self._q_insert_step = (
@@ -370,11 +396,29 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
             record = self._workflow(row)
             assert isinstance(lease, SQLLease)
             lease.parent_id = record.parent_id  # hook (children): finish() wakes a waiting parent
+            lease.record = record
             if record.executions == 1:
                 # Only an execution writes checkpoints, and this is the first one: nothing to read.
-                return Execution(record, {})
-            steps = conn.execute(self._q_steps, {"p_wid": lease.workflow_id})
-            return Execution(record, {r.step_id: self._step(r) for r in steps})
+                lease.history = {}
+                return Execution(record, lease.history)
+            # Only the checkpoints newer than the history this process cached (see step_cache.py).
+            history = self.step_cache.take(record) or {}
+            after = max(history) if history else -1
+            for r in conn.execute(self._q_steps, {"p_wid": lease.workflow_id, "p_after": after}):
+                history[r.step_id] = self._step(r)
+            lease.history = history
+            return Execution(record, history)
+
+    def _keep_history(self, lease: SQLLease) -> None:
+        """At release: cache the history of an execution that recorded a wait, forget it otherwise (step_cache.py)."""
+        record = lease.record
+        if record is None:
+            return
+        if lease.waited is not None and not lease.finished and lease.history is not None:
+            kind, step_id = lease.waited
+            self.step_cache.put(record, record.executions, kind, step_id, lease.history)
+        else:
+            self.step_cache.drop(lease.workflow_id)
 
     def _insert_step(self, conn: sa.Connection, step: StepRecord) -> bool:
         """Insert *step* only while its workflow is RUNNING and the step id is free; return whether it did."""
@@ -384,14 +428,18 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
 
     def record_step(self, lease: Lease, step: StepRecord) -> StepRecord:
         s = self.t.steps
+        assert isinstance(lease, SQLLease)
         with self._single(lease) as conn:
             if self._insert_step(conn, step):
+                lease.remember(step)
                 return step
             existing = conn.execute(
                 sa.select(s).where(s.c.workflow_id == step.workflow_id, s.c.step_id == step.step_id)
             ).first()
             if existing is not None:
-                return self._step(existing)
+                stored = self._step(existing)
+                lease.remember(stored)
+                return stored
             self._raise_if_cancelled(conn, step.workflow_id)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -405,10 +453,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
                 self._lock_channel(conn, "e", request.target)
             else:
                 self._lock_channel(conn, "m", wid)
-            wf = self._select_workflow(conn, wid, for_update=True)
-            if wf is None or wf.status != WorkflowStatus.RUNNING:
-                self._raise_if_cancelled(conn, wid)
-            assert wf is not None
+            wf = self._running_row(conn, wid)
             if wf.wait_step == request.step_id and (wf.deadline is not None or request.timeout is None):
                 deadline = wf.deadline
             else:
@@ -437,11 +482,16 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
                 if not self._insert_step(conn, step):
                     raise DurableError(f"step {request.step_id} of workflow {wid!r} was already recorded")
                 conn.execute(w.update().where(w.c.workflow_id == wid).values(updated_at=now, **CLEARED_WAIT))
+                assert isinstance(lease, SQLLease)
+                lease.remember(step)
                 return step
             target = request.target if request.kind == "event" else wid
-            return self._suspend(
+            suspended = self._suspend(
                 conn, wf, request.kind, target, request.topics, request.step_id, deadline, now, request.horizon
             )
+        assert isinstance(lease, SQLLease)
+        lease.waited = (request.kind, request.step_id)  # committed: see step_cache.py
+        return suspended
 
     def _suspend(
         self,
@@ -500,11 +550,11 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
         with self._tx(lease) as conn:
             # The same channel lock as a recv's wait: a send to this workflow then sees a consistent row.
             self._lock_channel(conn, "m", wid)
-            wf = self._select_workflow(conn, wid, for_update=True)
-            if wf is None or wf.status != WorkflowStatus.RUNNING:
-                self._raise_if_cancelled(conn, wid)
-            assert wf is not None
-            return self._suspend(conn, wf, "retry", wid, (name,), step_id, until, now, horizon)
+            wf = self._running_row(conn, wid)
+            suspended = self._suspend(conn, wf, "retry", wid, (name,), step_id, until, now, horizon)
+        assert isinstance(lease, SQLLease)
+        lease.waited = ("retry", step_id)  # committed: see step_cache.py
+        return suspended
 
     def finish(
         self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float
@@ -566,6 +616,8 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
             if checkpoint is not None and not self._insert_step(conn, checkpoint):
                 self._raise_if_cancelled(conn, checkpoint.workflow_id)
                 raise DurableError(f"step {checkpoint.step_id} of {checkpoint.workflow_id!r} was already recorded")
+            if checkpoint is not None and isinstance(lease, SQLLease):
+                lease.remember(checkpoint)
             wakeups: tuple[Dispatch, ...] = ()
             if (
                 wf is not None
@@ -589,6 +641,8 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
             if not self._insert_step(conn, checkpoint):
                 self._raise_if_cancelled(conn, wid)
                 raise DurableError(f"step {checkpoint.step_id} of {wid!r} was already recorded")
+            assert isinstance(lease, SQLLease)
+            lease.remember(checkpoint)
             upsert = self._insert(e).values(workflow_id=wid, key=key, value=value, updated_at=now)
             conn.execute(
                 upsert.on_conflict_do_update(

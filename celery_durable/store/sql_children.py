@@ -91,6 +91,11 @@ class SQLChildren:
             if status != WorkflowStatus.RUNNING.value or not self._insert_step(conn, checkpoint):
                 self._raise_if_cancelled(conn, parent)
                 raise DurableError(f"step {checkpoint.step_id} of {parent!r} was already recorded")
+            # Every checkpoint an execution writes joins its history (step_cache.py relies on it).
+            from .sql import SQLLease  # sql.py imports this module
+
+            assert isinstance(lease, SQLLease)
+            lease.remember(checkpoint)
             created: set[str] = set()
             for chunk in chunks(children):
                 rows = [

@@ -1,7 +1,8 @@
 """The operators' queries of the SQL store: listings, resume, fork, prune (see ``Store`` in ``base.py``).
 
 A mixin of :class:`~celery_durable.store.sql.SQLStore`, kept apart from the queries every
-execution runs so each module stays readable. Nothing here runs inside an execution.
+execution runs so each module stays readable. Nothing here runs inside an execution, except
+``continue_as_new`` (which rewrites a history as resume and fork do).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SQLOperations:
         def _workflow(row: Any) -> WorkflowRecord: ...
         @staticmethod
         def _step(row: Any) -> StepRecord: ...
+        def _running_row(self, conn: sa.Connection, workflow_id: str) -> WorkflowRecord: ...
 
     def list_workflows(
         self,
@@ -96,6 +98,35 @@ class SQLOperations:
         query = sa.select(e.c.key, e.c.value).where(e.c.workflow_id == workflow_id).order_by(e.c.key)
         with self.engine.connect() as conn:
             return {r.key: r.value for r in conn.execute(query)}
+
+    def continue_as_new(self, lease: Lease, inputs: str, now: float) -> WorkflowRecord:
+        w, s, m = self.t.workflows, self.t.steps, self.t.messages
+        wid = lease.workflow_id
+        with self._tx(lease) as conn:
+            # The channel lock and the row lock, as a wait takes them: a send meanwhile either
+            # committed its message before (unconsumed: the new run receives it) or waits for us.
+            self._lock_channel(conn, "m", wid)
+            self._running_row(conn, wid)
+            conn.execute(sa.delete(s).where(s.c.workflow_id == wid))
+            # Consumed messages are history too, except those with an idempotency key: it must keep
+            # refusing a repeated send of a message the old run already received.
+            conn.execute(
+                sa.delete(m).where(m.c.destination == wid, m.c.consumed_at.is_not(None), m.c.idempotency_key.is_(None))
+            )
+            row = conn.execute(
+                w.update()
+                .where(w.c.workflow_id == wid)
+                # The execution count is kept: it only ever grows, which the per-process checkpoint caches
+                # rely on (step_cache.py); a reset let a stale cached history of the old run pass for the new one.
+                .values(inputs=inputs, attempt_step=None, attempts=None, updated_at=now, **CLEARED_WAIT)
+                .returning(*w.c)
+            ).one()
+        record = self._workflow(row)
+        from .sql import SQLLease  # here: sql.py imports this module
+
+        if isinstance(lease, SQLLease):  # the new run's history starts empty (step_cache.py)
+            lease.record, lease.history, lease.waited = record, {}, None
+        return record
 
     def resume(
         self, workflow_id: str, ticket: int, drop_from: int | None, now: float

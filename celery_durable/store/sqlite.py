@@ -84,6 +84,7 @@ class SQLiteStore(SQLStore):
         fd, lease.handle = lease.handle, None
         if fd is None:
             return  # released already: its descriptor number may now hold another lease's lock
+        self._keep_history(lease)
         if lease.finished:
             # A finished workflow never runs again, so its lock file can go. Unlinking while we
             # hold the flock is safe: a process that opened the old file and locks it after us

@@ -195,3 +195,27 @@ def test_derived_ids_stay_within_the_limit() -> None:
     derived = children.child_id(long_id, 12, 9999)
     assert len(derived) == 255 and derived.endswith("-12.9999")
     assert derived != children.child_id("x" * 254 + "y", 12, 9999)
+
+
+def test_a_child_start_then_a_recv_replays_from_this_processs_history(cluster: Cluster) -> None:
+    """The child's start is a checkpoint like any other: a later wake-up in the same process (which,
+    on PostgreSQL, replays from the checkpoints this process kept: step_cache.py) returns the same
+    child instead of starting it again."""
+    cluster.bodies["double"] = lambda x: 2 * x
+
+    def parent() -> list[Any]:
+        ctx = core.require_context("parent")
+        cid = child_start("double", 4)  # step 0
+        noted = ctx.run_step("note", lambda: "noted", (), {})  # step 1: a checkpoint after it
+        message = ctx.recv(("go",), 60)[1]  # step 2: waits, so this process keeps its history
+        return [cid, noted, message]
+
+    cluster.bodies["parent"] = parent
+    ticket = start(cluster.engine, "p", "parent")
+    assert isinstance(cluster.run(Dispatch("p", "parent", None, ticket)), core.Waiting)
+    cluster.take("p")  # the recv's timer (stale once the message wakes it)
+    (wake,) = cluster.engine.store.send("p", "go", '"paid"', cluster.engine.clock()).wakeups
+    outcome = cluster.run(wake)
+    assert isinstance(outcome, core.Finished), outcome
+    assert outcome.value == ["p-0", "noted", "paid"]
+    assert len(cluster.engine.store.list_workflows(parent_id="p")) == 1

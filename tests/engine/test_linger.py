@@ -1,0 +1,84 @@
+"""A recv that lingers (``recv_linger``) racing with sends: nothing lost, nothing received twice.
+
+Store.linger_recv keeps the workflow RUNNING and the lock held while it waits in place; a sender then
+stores the message and publishes no wake-up. Whatever the interleaving, every message must be received
+exactly once and in order, either in place or through the normal wait and its wake-up.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from typing import Any
+
+from celery_durable import core
+from celery_durable.config import DurableConfig
+from celery_durable.serialization import JSONSerializer
+from celery_durable.store import Dispatch, Store, WorkflowStatus, open_store
+from tests.engine.race import Executors
+from tests.store.conftest import store_url
+
+
+def _loop(total: int, timeout: float | None) -> Any:
+    def body() -> list[int]:
+        ctx = core.require_context("test")
+        got: list[int] = []
+        while len(got) < total:
+            _, value = ctx.recv(("v",), timeout)
+            if value is not core.TIMED_OUT:
+                got.append(value)
+        return got
+
+    return body
+
+
+def test_lingering_recv_racing_with_sends_loses_and_repeats_nothing(store: Store) -> None:
+    total = 60
+    rng = random.Random(7)
+    stores = [open_store(store_url(store), store.prefix) for _ in range(2)]  # type: ignore[attr-defined]
+    wakeups: queue.Queue[Dispatch | None] = queue.Queue()
+    config = DurableConfig(recv_linger=0.05)
+    engines = [core.Engine(s, JSONSerializer(), config, wakeups.put) for s in stores]
+    body = _loop(total, None)
+    executors = Executors(engines, wakeups, body)
+    try:
+        record, _ = store.create_workflow("wf", "body", JSONSerializer().dumps({"args": [], "kwargs": {}}), None, 1.0)
+        wakeups.put(Dispatch("wf", "body", None, record.ticket))
+
+        def send() -> None:
+            own = open_store(store_url(store), store.prefix)  # type: ignore[attr-defined]
+            try:
+                for i in range(total):
+                    # within the linger, around its end, and well after it
+                    time.sleep(rng.choice([0.0, 0.001, 0.01, 0.045, 0.05, 0.055, 0.08]))
+                    for wakeup in own.send("wf", "v", str(i), time.time()).wakeups:
+                        wakeups.put(wakeup)
+            finally:
+                own.close()
+
+        got = executors.run_with([threading.Thread(target=send)])
+        assert got == list(range(total)), "every message exactly once, in order"
+        assert [m.consumed for m in store.list_messages("wf")] == [True] * total
+        final = store.get_workflow("wf")
+        assert final is not None and final.status == WorkflowStatus.SUCCESS
+        if store.engine.dialect.name == "postgresql":  # type: ignore[attr-defined]
+            assert executors.executions < total, "messages within the linger continue in place, without a wake-up"
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_linger_longer_than_the_timeout_times_out_as_a_plain_recv(store: Store) -> None:
+    engine = core.Engine(store, JSONSerializer(), DurableConfig(recv_linger=5.0), lambda d: None)
+
+    def body() -> str:
+        _, value = core.require_context("test").recv(("v",), 0.05)
+        return "timed out" if value is core.TIMED_OUT else value
+
+    record, _ = store.create_workflow("wf", "body", JSONSerializer().dumps({"args": [], "kwargs": {}}), None, 1.0)
+    started = time.monotonic()
+    outcome = engine.execute("wf", record.ticket, "body", body)
+    assert time.monotonic() - started < 4.0, "the linger is capped by the recv's own timeout"
+    assert isinstance(outcome, core.Waiting)  # its timer (a 50 ms deadline) then ends it as timed out
