@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         url = f"{common.PG_HOST_URL}/{database}"
     else:
         url = f"sqlite:///{tempfile.mkdtemp()}/prof.sqlite3"
-    store: Store = open_store(url, "prof_", {}, durability=args.durability)
+    store: Store | None = None
     try:
+        store = open_store(url, "prof_", {}, durability=args.durability)
         store.migrate()
         config = DurableConfig(durability=args.durability)
         engine = core.Engine(store, JSONSerializer(), config, lambda d: None)
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     finally:
-        store.close()
+        if store is not None:
+            store.close()
         if database:
             common.drop_database(database)
     return 0

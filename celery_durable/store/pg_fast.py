@@ -197,9 +197,11 @@ class PgFastPath:
         with self._connect() as conn:  # type: ignore[attr-defined]
             raw = conn.connection.dbapi_connection
             row = raw.execute(self._fq_create, params).fetchone()
+            PgFastPath.raw_statements += 1
             if row is not None:
                 return self._record(row), True
             row = raw.execute(self._fq_get, params).fetchone()
+            PgFastPath.raw_statements += 1
         return (self._record(row), False) if row is not None else None
 
     def claim(self, workflow_id: str, ticket: int, now: float) -> tuple[Any, Execution | None]:

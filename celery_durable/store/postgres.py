@@ -128,6 +128,7 @@ class PostgresStore(PgFastPath, SQLStore):
             raw = conn.connection.dbapi_connection
             assert isinstance(raw, psycopg.Connection)
             row = raw.execute(self._fq_send, params).fetchone()
+            PgFastPath.raw_statements += 1
             assert row is not None
             found, seq, ticket, name, queue, _ = row
             if not found:
