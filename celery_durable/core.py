@@ -25,7 +25,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import retries, versioning
@@ -39,9 +38,25 @@ from .errors import (
     SerializationError,
     StoreRejected,
     WorkflowCancelled,
-    WorkflowTimedOut,
 )
 from .hooks import Observers
+from .outcomes import (
+    TIMED_OUT,
+    Busy,
+    Cancelled,
+    Failed,
+    Finished,
+    Interrupted,
+    Outcome,
+    Refused,
+    Stale,
+    Suspend,
+    Waiting,
+    _Cancelled,
+    _ContinueAsNew,
+    _Continued,
+    _TimedOut,
+)
 from .retries import NO_RETRIES, RetryPolicy
 from .serialization import Serializer, check_stored_text, decode_error, encode_error
 from .store import (
@@ -61,106 +76,8 @@ from .validation import check_id, check_timeout, check_topic  # noqa: F401 - the
 
 log = logging.getLogger("celery_durable")
 T = TypeVar("T")
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<timed out>"
-
-
-TIMED_OUT: Any = _Missing()
 _NOT_DECODED = object()
 _IMMUTABLE = frozenset({int, float, str, bool, type(None), bytes})
-
-
-class Suspend(BaseException):
-    """Unwinds a workflow body that must wait. A BaseException so ``except Exception`` in user code cannot swallow it."""
-
-    def __init__(self, dispatch: Dispatch | None) -> None:
-        super().__init__("workflow suspended")
-        self.dispatch = dispatch
-
-
-class _Cancelled(BaseException):
-    """Unwinds a workflow body that was cancelled (a BaseException for the same reason as :class:`Suspend`)."""
-
-
-class _ContinueAsNew(BaseException):
-    """Unwinds a workflow body that called ``continue_as_new`` (a BaseException for the same reason as :class:`Suspend`)."""
-
-    def __init__(self, inputs: str) -> None:
-        super().__init__("workflow continues as new")
-        self.inputs = inputs
-
-
-class _TimedOut(BaseException):
-    """Unwinds a workflow body whose own deadline passed (a BaseException for the same reason as :class:`Suspend`)."""
-
-    def __init__(self, error: WorkflowTimedOut) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-# -- outcomes of one execution ---------------------------------------------------------------
-class Outcome:
-    """What one execution ended with."""
-
-
-@dataclass
-class Finished(Outcome):
-    value: Any
-
-
-@dataclass
-class Failed(Outcome):
-    error: BaseException
-
-
-@dataclass
-class Waiting(Outcome):
-    dispatch: Dispatch | None  # the timer to publish, or None: the sweep arms it later
-
-
-@dataclass
-class Interrupted(Outcome):
-    """Stopped without a verdict (store unreachable, a task-system control-flow signal).
-
-    The workflow stays RUNNING with its lock released: run it again with the same ticket.
-    """
-
-    error: BaseException
-
-
-@dataclass
-class Refused(Outcome):
-    """The store refused this execution for good where no verdict could be recorded (say the claim itself).
-
-    Retrying cannot help: the task system logs it and drops the message.
-    """
-
-    error: BaseException
-
-
-@dataclass
-class _Continued(Outcome):
-    """Internal: the body continued as new; run it again in place from *execution*."""
-
-    execution: Execution
-
-
-class Stale(Outcome):
-    """The message's ticket is not current, or the workflow finished: nothing to do."""
-
-
-class Busy(Outcome):
-    """Another live execution holds the workflow: try again later with the same ticket."""
-
-
-@dataclass
-class Cancelled(Outcome):
-    """The workflow was cancelled; *reason* says why when it was not a user's cancel (a timeout)."""
-
-    reason: WorkflowCancelled | None = None
 
 
 _CURRENT: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar("celery_durable_ctx", default=None)

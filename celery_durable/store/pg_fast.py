@@ -27,7 +27,7 @@ from psycopg.pq import TransactionStatus
 
 from ..errors import DurableError, WorkflowCancelled
 from .records import Dispatch, Execution, StepRecord, Suspended, WaitRequest, WorkflowRecord, WorkflowStatus
-from .sql import SQLLease
+from .sql_lease import SQLLease
 
 if TYPE_CHECKING:
     import sqlalchemy as sa

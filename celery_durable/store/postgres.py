@@ -22,7 +22,9 @@ from sqlalchemy.dialects import postgresql
 from .base import Lease
 from .pg_fast import PgFastPath
 from .records import Dispatch, SendResult, StepRecord
-from .sql import SQLLease, SQLStore, no_such_destination
+from .sql import SQLStore
+from .sql_lease import SQLLease
+from .sql_messages import no_such_destination
 from .transient import is_transient_postgres
 
 # Keys are 64-bit hashes of a namespaced string, so they do not collide with the small

@@ -14,13 +14,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import DurableError, WorkflowCancelled, WorkflowNotFound
+from ..errors import DurableError, WorkflowCancelled
 from ..timeouts import earliest
 from .base import Lease, Store
 from .records import (
     Dispatch,
     Execution,
-    SendResult,
     StepRecord,
     Suspended,
     WaitRequest,
@@ -29,45 +28,14 @@ from .records import (
 )
 from .schema import ACTIVE_STATUSES, CLEARED_WAIT, LATEST_VERSION, MIGRATIONS, build_tables
 from .sql_children import SQLChildren
+from .sql_lease import SQLLease
+from .sql_messages import SQLMessages
 from .sql_ops import SQLOperations
 from .sql_recovery import SQLRecovery
 from .step_cache import StepCache
 
 
-def no_such_destination(destination: str) -> WorkflowNotFound:
-    """The error for a send to a workflow id that does not exist (and no mailbox was asked for)."""
-    return WorkflowNotFound(
-        f"cannot send to workflow {destination!r}: no such workflow "
-        "(pass create_mailbox=True to keep messages for a workflow that starts later)"
-    )
-
-
-class SQLLease(Lease):
-    """An execution lock plus the connection every write of that execution goes through."""
-
-    def __init__(self, workflow_id: str, conn: sa.Connection, handle: Any = None, autocommit: bool = False) -> None:
-        self.workflow_id = workflow_id
-        self.conn = conn
-        self.handle = handle  # backend-specific: a lock file descriptor for SQLite
-        # An autocommit connection runs a lone statement in one round trip; transactions
-        # that need several statements issue BEGIN/COMMIT themselves (see SQLStore._tx).
-        self.autocommit = autocommit
-        self.finished = False  # set by finish(): the workflow will never run again
-        self.parent_id: str | None = None  # set by the claim: finish() wakes a parent only for children
-        # The execution's history, kept for the next execution in this process (step_cache.py):
-        # the row as claimed, every checkpoint (read or written), and the wait it recorded, if any.
-        self.record: WorkflowRecord | None = None
-        self.history: dict[int, StepRecord] | None = None
-        self.waited: tuple[str, int] | None = None
-        self.listening = False  # PostgreSQL: the connection LISTENs for a lingering recv (pg_fast.py)
-
-    def remember(self, step: StepRecord) -> None:
-        """Add a checkpoint this execution wrote (or found written) to its history."""
-        if self.history is not None:
-            self.history[step.step_id] = step
-
-
-class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
+class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, Store):
     """Every query of the store (the operators' ones in ``sql_ops.py``); subclasses provide the engine and the locks."""
 
     #: Whether lone statements outside executions may run on autocommit connections.
@@ -577,103 +545,6 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, Store):
         with self._single(lease) as conn:
             conn.execute(self._q_finish, params)
         return []
-
-    # -- messages and events ----------------------------------------------------------------------
-    def send(
-        self,
-        destination: str,
-        topic: str,
-        payload: str,
-        now: float,
-        *,
-        idempotency_key: str | None = None,
-        create_mailbox: bool = False,
-        lease: Lease | None = None,
-        checkpoint: StepRecord | None = None,
-    ) -> SendResult:
-        m = self.t.messages
-        with self._tx(lease) as conn:
-            self._lock_channel(conn, "m", destination)
-            wf = self._select_workflow(conn, destination, for_update=True)
-            if wf is None and not create_mailbox:
-                raise no_such_destination(destination)
-            values = {
-                "destination": destination,
-                "topic": topic,
-                "payload": payload,
-                "idempotency_key": idempotency_key,
-                "created_at": now,
-            }
-            stmt = self._insert(m).values(**values).returning(m.c.seq)
-            if idempotency_key is not None:
-                stmt = stmt.on_conflict_do_nothing(index_elements=[m.c.destination, m.c.idempotency_key])
-            seq = conn.execute(stmt).scalar()
-            if seq is None:
-                first = conn.execute(
-                    sa.select(m.c.seq).where(m.c.destination == destination, m.c.idempotency_key == idempotency_key)
-                ).scalar_one()
-                return SendResult(int(first), False)
-            if checkpoint is not None and not self._insert_step(conn, checkpoint):
-                self._raise_if_cancelled(conn, checkpoint.workflow_id)
-                raise DurableError(f"step {checkpoint.step_id} of {checkpoint.workflow_id!r} was already recorded")
-            if checkpoint is not None and isinstance(lease, SQLLease):
-                lease.remember(checkpoint)
-            wakeups: tuple[Dispatch, ...] = ()
-            if (
-                wf is not None
-                and wf.status == WorkflowStatus.WAITING
-                and wf.wait_kind == "recv"
-                and topic in (wf.wait_topics or ())
-            ):
-                ticket = self._bump(
-                    conn, wf, now, status=WorkflowStatus.PENDING.value, timer_due=None, dispatched_at=now
-                )
-                if ticket is not None:
-                    wakeups = (Dispatch(destination, wf.name, wf.queue, ticket),)
-            return SendResult(int(seq), True, wakeups)
-
-    def set_event(self, lease: Lease, key: str, value: str, checkpoint: StepRecord) -> list[Dispatch]:
-        e, w = self.t.events, self.t.workflows
-        wid = lease.workflow_id
-        now = checkpoint.ended_at
-        with self._tx(lease) as conn:
-            self._lock_channel(conn, "e", wid)
-            if not self._insert_step(conn, checkpoint):
-                self._raise_if_cancelled(conn, wid)
-                raise DurableError(f"step {checkpoint.step_id} of {wid!r} was already recorded")
-            assert isinstance(lease, SQLLease)
-            lease.remember(checkpoint)
-            upsert = self._insert(e).values(workflow_id=wid, key=key, value=value, updated_at=now)
-            conn.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=[e.c.workflow_id, e.c.key], set_={"value": value, "updated_at": now}
-                )
-            )
-            waiters = conn.execute(
-                sa.select(w)
-                .where(
-                    w.c.wait_target == wid,
-                    w.c.wait_kind == "event",
-                    w.c.status == WorkflowStatus.WAITING.value,
-                )
-                .with_for_update()
-            )
-            wakeups = []
-            for row in waiters.all():
-                waiter = self._workflow(row)
-                if key in (waiter.wait_topics or ()):
-                    ticket = self._bump(
-                        conn, waiter, now, status=WorkflowStatus.PENDING.value, timer_due=None, dispatched_at=now
-                    )
-                    if ticket is not None:
-                        wakeups.append(Dispatch(waiter.workflow_id, waiter.name, waiter.queue, ticket))
-            return wakeups
-
-    def get_event(self, workflow_id: str, key: str) -> str | None:
-        e = self.t.events
-        with self.engine.connect() as conn:
-            value = conn.execute(sa.select(e.c.value).where(e.c.workflow_id == workflow_id, e.c.key == key)).scalar()
-            return str(value) if value is not None else None
 
     def after_fork(self) -> None:
         # Connections opened by the parent must not be used (or closed) by the child.

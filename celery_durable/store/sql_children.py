@@ -41,6 +41,7 @@ from ..errors import DurableError, InvalidArgument, WorkflowConflict
 from .child_records import ALL, FIRST_ERROR, JOIN, ChildOutcome, ChildSpec, Joined, JoinRequest
 from .records import Dispatch, StepRecord, Suspended, WorkflowRecord, WorkflowStatus
 from .schema import ACTIVE_STATUSES, CLEARED_WAIT
+from .sql_lease import SQLLease
 
 if TYPE_CHECKING:
     from .base import Lease
@@ -92,8 +93,6 @@ class SQLChildren:
                 self._raise_if_cancelled(conn, parent)
                 raise DurableError(f"step {checkpoint.step_id} of {parent!r} was already recorded")
             # Every checkpoint an execution writes joins its history (step_cache.py relies on it).
-            from .sql import SQLLease  # sql.py imports this module
-
             assert isinstance(lease, SQLLease)
             lease.remember(checkpoint)
             created: set[str] = set()

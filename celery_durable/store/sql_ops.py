@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from .records import Dispatch, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
 from .schema import CLEARED_WAIT
+from .sql_lease import SQLLease
 
 if TYPE_CHECKING:
     from .base import Lease
@@ -122,8 +123,6 @@ class SQLOperations:
                 .returning(*w.c)
             ).one()
         record = self._workflow(row)
-        from .sql import SQLLease  # here: sql.py imports this module
-
         if isinstance(lease, SQLLease):  # the new run's history starts empty (step_cache.py)
             lease.record, lease.history, lease.waited = record, {}, None
         return record
