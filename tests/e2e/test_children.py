@@ -99,7 +99,7 @@ def test_gather_with_a_worker_killed_midway(wf: Any, e2e_env: dict[str, str], tm
     """A parent fans out N children over two workers; one is killed with SIGKILL mid-way. Every child
     finishes exactly once (one SUCCESS row each), the parent gets every result, and it executed a
     bounded number of times (woken once at the end; one more if the kill hit its own execution)."""
-    n = 400
+    n = 1000  # the size issue 9 names
     env = {**e2e_env, "CD_CHILD_SLEEP": "0.01", "CD_GRACE": "5", "CD_SWEEP_INTERVAL": "1"}
     counter = Path(e2e_env["CD_COUNTER_DIR"]) / "child_square"
     workers = [Worker(env, concurrency=2).start(), Worker(env, concurrency=2).start()]
