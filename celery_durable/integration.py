@@ -32,7 +32,7 @@ from . import children, core, hooks, versioning
 from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
-from .errors import ConfigurationError, DurableError, InvalidArgument
+from .errors import ConfigurationError, DurableError, InvalidArgument, SerializationError
 from .handle import WorkflowHandle
 from .retries import RetryPolicy
 from .store import Dispatch, Store, WorkflowStatus
@@ -401,16 +401,14 @@ class Durable(children.ChildrenAPI, Client):
             version=self.version,
             parent_id=None,
         )
-        refused: DurableError | None = None
+        refused: SerializationError | None = None
         try:
             try:
                 record, created = create(args, kwargs)
-            except InvalidArgument:
-                raise
-            except DurableError as exc:  # arguments that cannot be stored: the row records why
+            except SerializationError as exc:  # arguments that cannot be stored: the row records why
                 refused = exc
                 record, created = create((), {})
-        except Exception as exc:
+        except Exception as exc:  # a bad id or name, a conflict, or the store: nothing to run
             if isinstance(exc, DurableError):
                 log.error("dropping a %s message published by name for %r: %s", task.name, workflow_id, exc)
             elif self.store.is_transient(exc):
