@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timer-grace", type=float, default=None, help="DurableConfig timer_grace (default: its own)")
     parser.add_argument("--linger", type=float, default=None, help="DurableConfig recv_linger, s (default: its own, 0)")
+    parser.add_argument(
+        "--adaptive-linger", type=float, default=None, help="DurableConfig adaptive_linger, s (default: its own; 0 = off)"
+    )
     parser.add_argument("--ping-timeout", type=float, default=60.0, help="recv timeout of the pingers, s (default 60)")
     parser.add_argument("--waiting", type=int, default=10000, help="workflows waiting at once (default 10000; 0 skips)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="recv timeout of the waiters, s (default 1800)")
@@ -94,6 +97,8 @@ def run_part(args: argparse.Namespace, tag: str, database: str | None, part: Any
     extra = {} if args.timer_grace is None else {"BENCH_TIMER_GRACE": str(args.timer_grace)}
     if args.linger is not None:
         extra["BENCH_LINGER"] = str(args.linger)
+    if args.adaptive_linger is not None:
+        extra["BENCH_ADAPTIVE_LINGER"] = str(args.adaptive_linger)
     fs_dir = tempfile.mkdtemp(prefix=f"{tag}-") if database is None else None
     if args.broker == "rabbitmq":
         extra["BENCH_BROKER"] = common.RABBIT_URL
@@ -189,6 +194,11 @@ def latency(args: argparse.Namespace, ctx: Ctx) -> None:
     position: list[int] = []
     per = max(1, args.per_workflow)
     cpu0 = ctx.meter.snapshot() if ctx.meter else None
+    config = ctx.durable.config
+    # A workflow may also wait in place (recv_linger / adaptive_linger, PostgreSQL): it then stays
+    # RUNNING. After its previous stamp was read and the gap passed, RUNNING means it is in the next recv.
+    can_linger = not ctx.embedded and (config.recv_linger > 0 or config.adaptive_linger > 0)
+    executions = 0
     with ctx.poll_engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         for k in range(math.ceil(args.round_trips / per)):
@@ -202,6 +212,8 @@ def latency(args: argparse.Namespace, ctx: Ctx) -> None:
                     row = conn.execute(state).one()
                     if row.status in ("ERROR", "CANCELLED"):
                         raise RuntimeError(f"{wid} ended in {row.status}; see {ctx.worker.log}")
+                    if can_linger and i > 0 and row.status == "RUNNING":
+                        return True  # lingering in recv #i (its stamp #i-1 was read a gap ago)
                     return row.status == "WAITING" and row.wait_step == 2 * i
 
                 common.wait_until(waiting_here, 60, 0.002, f"{wid} to wait in recv #{i}")
@@ -214,6 +226,12 @@ def latency(args: argparse.Namespace, ctx: Ctx) -> None:
                 position.append(i)
                 conn.rollback()  # end the read transaction: SQLite's WAL is not held by a reader
                 time.sleep(args.gap)
+            done = common.wait_until(
+                lambda wid=wid: conn.execute(sa.select(w.c.status, w.c.executions).where(w.c.workflow_id == wid)).one()
+                if conn.execute(sa.select(w.c.status).where(w.c.workflow_id == wid)).scalar() == "SUCCESS" else None,
+                60, 0.01, f"{wid} to finish",
+            )  # fmt: skip
+            executions += done.executions
     cpu = common.CpuMeter.delta(cpu0, ctx.meter.snapshot()) if ctx.meter and cpu0 else {}
     time.sleep(max(1.5, float(ctx.durable.config.timer_grace) + 0.5))  # timers kept for the grace are decided
     held = ctx.held()
@@ -243,8 +261,14 @@ def latency(args: argparse.Namespace, ctx: Ctx) -> None:
             + ", ".join(f"{g} {v / n * 1000:.3f}" for g, v in cpu.items())
             + f"; total {sum(cpu.values()) / n * 1000:.3f} (/proc/<pid>/stat; Redis/RabbitMQ shared)"
         )
+    pingers = math.ceil(args.round_trips / per)
     print(
-        f"    recv_linger {ctx.durable.config.recv_linger:g} s; afterwards the worker holds {held['scheduled']} countdown (ETA) message(s), Redis unacked {held['unacked']}: "
+        f"    wake-ups through the broker: {executions - pingers} of {len(latencies)} round trips (executions less "
+        f"the starts); the rest were taken in place by a lingering recv (recv_linger {config.recv_linger:g} s, "
+        f"adaptive_linger {config.adaptive_linger:g} s)"
+    )
+    print(
+        f"    afterwards the worker holds {held['scheduled']} countdown (ETA) message(s), Redis unacked {held['unacked']}: "
         f"timers of waits that a message ended first (timer_grace {ctx.durable.config.timer_grace:g} s keeps short ones "
         "out of the broker)"
     )
@@ -252,6 +276,7 @@ def latency(args: argparse.Namespace, ctx: Ctx) -> None:
         "bench": "messaging-latency", "broker": args.broker, "n": len(latencies), "p50_ms": round(p50, 3),
         "p99_ms": round(p99, 3), "first_last_ratio": round(ratio, 3) if ratio else None,
         "send_p50_ms": round(common.percentile(send_calls, 50) * 1000, 3), "held_timers": held["scheduled"],
+        "broker_wakeups": executions - pingers, "adaptive_linger": config.adaptive_linger, "recv_linger": config.recv_linger,
         "cores": os.cpu_count(), "load": os.getloadavg()[0],
     }  # fmt: skip
     print("JSON " + json.dumps(summary))

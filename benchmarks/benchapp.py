@@ -4,7 +4,7 @@ BENCH_TAG        unique tag of a run: the queue is named after it, Redis keys st
 BENCH_REDIS      Redis URL used for counters, and as broker unless BENCH_BROKER names another (default redis://127.0.0.1:6379/15)
 BENCH_BROKER     broker URL (amqp://..., or filesystem:// with BENCH_FS_DIR the folder)
 BENCH_DURABILITY DurableConfig durability ("full" or "relaxed")
-BENCH_TIMER_GRACE, BENCH_LINGER   DurableConfig timer_grace and recv_linger, seconds
+BENCH_TIMER_GRACE, BENCH_LINGER, BENCH_ADAPTIVE_LINGER   DurableConfig timer_grace, recv_linger, adaptive_linger (s)
 BENCH_DATABASE_URL, BENCH_PREFIX   the durable store (PostgreSQL) and its table prefix
 BENCH_HORIZON, BENCH_SWEEP, BENCH_GRACE   DurableConfig horizon, sweep_interval ("none" = only at start), recovery_grace
 BENCH_PREFETCH   worker_prefetch_multiplier (default 4, Celery's default)
@@ -63,6 +63,7 @@ durable = Durable(
     **({"durability": "relaxed"} if os.environ.get("BENCH_DURABILITY") == "relaxed" else {}),
     **({"timer_grace": float(os.environ["BENCH_TIMER_GRACE"])} if os.environ.get("BENCH_TIMER_GRACE") else {}),
     **({"recv_linger": float(os.environ["BENCH_LINGER"])} if os.environ.get("BENCH_LINGER") else {}),
+    **({"adaptive_linger": float(os.environ["BENCH_ADAPTIVE_LINGER"])} if os.environ.get("BENCH_ADAPTIVE_LINGER") else {}),
 )
 
 _redis: redis.Redis | None = None

@@ -58,6 +58,12 @@ class DurableConfig:
     #: without a broker hop and without replaying the history. 0 (default) leaves at once; it pays for
     #: request/response loops whose replies come within milliseconds, and costs a held slot otherwise.
     recv_linger: float = 0.0
+    #: Seconds a ``recv`` lingers as above, but only while replies come fast: when the wait the execution
+    #: was woken from was answered within this time (or the previous linger caught its message). A
+    #: request/response loop then continues in place after its first wake-up; a workflow whose replies
+    #: come later than this (or that never waited) leaves at once, as with no linger, and one linger
+    #: that catches nothing turns it off again. 0 turns it off. PostgreSQL only.
+    adaptive_linger: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("horizon", "recovery_grace", "busy_backoff"):
@@ -80,6 +86,12 @@ class DurableConfig:
             0 <= self.recv_linger <= 60
         ):
             raise ConfigurationError(f"recv_linger must be a number of seconds from 0 to 60, got {self.recv_linger!r}")
+        if isinstance(self.adaptive_linger, bool) or not isinstance(self.adaptive_linger, (int, float)) or not (
+            0 <= self.adaptive_linger <= 60
+        ):
+            raise ConfigurationError(
+                f"adaptive_linger must be a number of seconds from 0 to 60, got {self.adaptive_linger!r}"
+            )
         if self.durability not in ("full", "relaxed"):
             raise ConfigurationError(f"durability must be 'full' or 'relaxed', got {self.durability!r}")
         if isinstance(self.max_payload, bool) or not isinstance(self.max_payload, int) or self.max_payload <= 0:

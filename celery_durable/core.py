@@ -284,6 +284,7 @@ class WorkflowContext:
         self.store_error: BaseException | None = None
         self.patches: dict[str, bool] = {}
         self.attempt = 1  # of the step running now (retries.py counts them)
+        self.replies_fast = False  # a reply came within adaptive_linger: the next recv lingers (see _linger)
 
     def check_deadline(self) -> None:
         """Stop the workflow (``_TimedOut``) when its own deadline has passed."""
@@ -427,13 +428,14 @@ class WorkflowContext:
         if recorded is None:
             engine = self.engine
             request = WaitRequest(step_id, name, kind, topics, target, timeout, engine.clock(), engine.config.horizon)
-            linger = engine.config.recv_linger if timeout is None else min(engine.config.recv_linger, timeout)
-            if kind == "recv" and linger > 0:
+            linger = self._linger(timeout) if kind == "recv" else 0.0
+            if linger > 0:
                 # Wait in place briefly (store.linger_recv says why no message can be lost): a reply
                 # within it continues here, without leaving and replaying.
                 recorded = self._store(
                     lambda: engine.store.linger_recv(self.lease, request, linger), f"{kind} {name!r}"
                 )
+                self.replies_fast = recorded is not None
             if recorded is None:
 
                 def wait() -> StepRecord:
@@ -443,9 +445,35 @@ class WorkflowContext:
                     return result
 
                 recorded = engine.observers.wait(self, request, wait) if engine.observers else wait()  # observer hook
+                if kind == "recv" and step_id == self.workflow.wait_step:
+                    self.replies_fast = self._answered_fast(step_id, recorded)
         if recorded.output is None and recorded.error is None:
             return None
         return recorded
+
+    def _linger(self, timeout: float | None) -> float:
+        """Seconds a new ``recv`` that finds nothing waits in place before it records its wait.
+
+        ``recv_linger`` always; ``adaptive_linger`` (if longer) only while replies come fast: the
+        wait this execution was woken from was answered within it, or the last linger here caught
+        its message. A workflow whose replies are slow (or that never waited) leaves at once, so the
+        slot is held only where lingering pays; one linger that catches nothing turns it off again.
+        """
+        config = self.engine.config
+        linger = config.recv_linger
+        if self.replies_fast and config.adaptive_linger > linger:
+            linger = config.adaptive_linger
+        return linger if timeout is None else min(linger, timeout)
+
+    def _answered_fast(self, step_id: int, recorded: StepRecord) -> bool:
+        """Whether the recv at *step_id*, the wait this execution was woken from, got its message within
+        ``adaptive_linger`` of the wait's start (the end of the checkpoint before it, or the workflow's
+        start): an upper bound of the reply's delay, as it also counts the wake-up's own hop."""
+        if recorded.output is None:  # timed out: not a reply
+            return False
+        before = self.steps.get(step_id - 1) if step_id > 0 else None
+        began = before.ended_at if before is not None else self.workflow.created_at if step_id == 0 else None
+        return began is not None and recorded.ended_at - began <= self.engine.config.adaptive_linger
 
     def recv(self, topics: tuple[str, ...], timeout: float | None) -> tuple[str, Any]:
         step = self._wait(_op_name("recv", ",".join(topics)), "recv", topics, None, timeout)

@@ -82,3 +82,84 @@ def test_a_linger_longer_than_the_timeout_times_out_as_a_plain_recv(store: Store
     outcome = engine.execute("wf", record.ticket, "body", body)
     assert time.monotonic() - started < 4.0, "the linger is capped by the recv's own timeout"
     assert isinstance(outcome, core.Waiting)  # its timer (a 50 ms deadline) then ends it as timed out
+
+
+class _CountingLingers:
+    """Counts the store's linger_recv calls (the real store still does the work)."""
+
+    def __init__(self, store: Store) -> None:
+        self.calls = 0
+        self.caught = 0
+        real = store.linger_recv
+
+        def linger_recv(*args: Any) -> Any:
+            self.calls += 1
+            step = real(*args)
+            self.caught += step is not None
+            return step
+
+        store.linger_recv = linger_recv  # type: ignore[method-assign]
+
+
+def _start_loop(store: Store, engine: core.Engine, total: int) -> None:
+    record, _ = store.create_workflow("wf", "body", JSONSerializer().dumps({"args": [], "kwargs": {}}), None, time.time())
+    outcome = engine.execute("wf", record.ticket, "body", _loop(total, 30.0))
+    assert isinstance(outcome, core.Waiting), "nothing was sent yet: the first recv records its wait"
+
+
+def test_adaptive_linger_keeps_a_fast_conversation_in_place(store: Store) -> None:
+    """A reply within adaptive_linger of the wait: the next recvs wait in place (PostgreSQL)."""
+    spy = _CountingLingers(store)
+    engine = core.Engine(store, JSONSerializer(), DurableConfig(adaptive_linger=5.0), lambda d: None)
+    _start_loop(store, engine, 4)
+    assert spy.calls == 0, "a workflow that never waited before does not linger in its first recv"
+    wakeups = store.send("wf", "v", "0", time.time()).wakeups  # answered at once: a fast reply
+    assert len(wakeups) == 1
+
+    def replies() -> None:
+        own = open_store(store_url(store), store.prefix)  # type: ignore[attr-defined]
+        try:
+            for i in (1, 2, 3):
+                time.sleep(0.05)
+                own.send("wf", "v", str(i), time.time())
+        finally:
+            own.close()
+
+    sender = threading.Thread(target=replies)
+    sender.start()
+    outcome = engine.execute("wf", wakeups[0].ticket, "body", _loop(4, 30.0))
+    sender.join()
+    final = store.get_workflow("wf")
+    assert final is not None
+    if store.engine.dialect.name == "postgresql":  # type: ignore[attr-defined]
+        assert isinstance(outcome, core.Finished) and outcome.value == [0, 1, 2, 3]
+        assert spy.caught == 3, "each later reply was taken in place"
+        assert final.executions == 2, "the start and one wake-up: no further broker hop or replay"
+    else:  # SQLite cannot be told of a message: the wait is recorded as usual
+        assert isinstance(outcome, core.Waiting) and spy.caught == 0
+
+
+def test_adaptive_linger_stays_off_while_replies_are_slow(store: Store) -> None:
+    spy = _CountingLingers(store)
+    engine = core.Engine(store, JSONSerializer(), DurableConfig(adaptive_linger=0.1), lambda d: None)
+    _start_loop(store, engine, 2)
+    time.sleep(0.3)  # a reply later than adaptive_linger after the wait began
+    wakeups = store.send("wf", "v", "0", time.time()).wakeups
+    outcome = engine.execute("wf", wakeups[0].ticket, "body", _loop(2, 30.0))
+    assert isinstance(outcome, core.Waiting), "the second recv found nothing and recorded its wait"
+    assert spy.calls == 0, "a slow reply turns lingering off: the slot is freed at once"
+
+
+def test_a_linger_that_catches_nothing_turns_adaptive_lingering_off(store: Store) -> None:
+    spy = _CountingLingers(store)
+    engine = core.Engine(store, JSONSerializer(), DurableConfig(adaptive_linger=0.2), lambda d: None)
+    _start_loop(store, engine, 3)
+    wakeups = store.send("wf", "v", "0", time.time()).wakeups  # fast: the next recv lingers...
+    outcome = engine.execute("wf", wakeups[0].ticket, "body", _loop(3, 30.0))
+    assert isinstance(outcome, core.Waiting), "...but nothing came within the linger: the wait is recorded"
+    assert (spy.calls, spy.caught) == (1, 0), "one linger (both stores ask; SQLite returns at once)"
+    time.sleep(0.3)
+    wakeups = store.send("wf", "v", "1", time.time()).wakeups  # later than the linger: a slow reply
+    outcome = engine.execute("wf", wakeups[0].ticket, "body", _loop(3, 30.0))
+    assert isinstance(outcome, core.Waiting)
+    assert spy.calls == 1, "after a slow reply the next recv leaves at once"
