@@ -282,3 +282,25 @@ class CpuMeter:
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def commit_floor(database: str, n: int = 2000) -> dict[str, float]:
+    """CPU of the cheapest durable write there is, on this machine: a single-row INSERT (prepared,
+    autocommit, so its commit waits for the WAL flush) into a scratch table of *database*, *n* times.
+
+    Returns microseconds per statement: ``server`` (the backend process, /proc) and ``client``
+    (this process: psycopg and the Python around it). No store can checkpoint a step for less.
+    """
+    url = PG_HOST_URL.replace("postgresql+psycopg://", "postgresql://") + f"/{database}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE floor_probe (id text PRIMARY KEY, output text, at float8)")
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert backend is not None
+        for i in range(50):  # warm-up: prepared statement, caches
+            conn.execute("INSERT INTO floor_probe VALUES (%s, %s, %s)", (f"w{i}", "1", time.time()), prepare=True)
+        server0, client0 = cpu_of(backend[0]), time.process_time()
+        for i in range(n):
+            conn.execute("INSERT INTO floor_probe VALUES (%s, %s, %s)", (f"k{i}", "1", time.time()), prepare=True)
+        server1, client1 = cpu_of(backend[0]), time.process_time()
+        conn.execute("DROP TABLE floor_probe")
+    return {"server": (server1 - server0) / n * 1e6, "client": (client1 - client0) / n * 1e6}

@@ -192,12 +192,28 @@ def main(argv: list[str] | None = None) -> int:
             load = sum(x["load"] for x in rs) / len(rs)
             print(f"  {title:<28}" + "".join(f"{mean[g]:12.3f}" for g in groups) + f"{cpu_total[kind]:10.3f}{load:7.2f}")
         print(f"  ratio total CPU (c)/(a): {cpu_total['durable'] / cpu_total['plain']:.2f} (goal <= 1.5)")
+        floor_ratio = None
+        if database is not None:
+            # The least any store that keeps each finished step in PostgreSQL can cost here.
+            floor = common.commit_floor(database, 3000)
+            commit_ms = (floor["server"] + floor["client"]) / 1000
+            plain_ms = cpu_total["plain"]
+            floor_ratio = (plain_ms + 5 * commit_ms) / plain_ms
+            print(
+                f"\nFloor on this machine: one single-row INSERT whose commit waits for the WAL flush costs "
+                f"{floor['server']:.0f} us of PostgreSQL CPU + {floor['client']:.0f} us in the client (psycopg, prepared).\n"
+                f"  Full durability needs at least 5 such commits per 3-step workflow (start, 3 checkpoints, end): "
+                f"{5 * commit_ms:.2f} ms. Added to (a)'s {plain_ms:.2f} ms,\n  no design that keeps every finished step "
+                f"in PostgreSQL on these cores can go below a CPU ratio of {floor_ratio:.2f}; the goal of 1.5 leaves "
+                f"{0.5 * plain_ms:.2f} ms for everything durability adds."
+            )
         summary = {
             "bench": "workflows", "broker": args.broker, "durability": args.durability, "n": args.workflows,
             "cores": os.cpu_count(), "per_s": {k: round(args.workflows / v, 1) for k, v in med.items()},
             "ratio_time": round(med["durable"] / med["plain"], 3),
             "ratio_cpu": round(cpu_total["durable"] / cpu_total["plain"], 3),
             "cpu_ms": {k: round(v, 3) for k, v in cpu_total.items()},
+            "floor_ratio_cpu": round(floor_ratio, 3) if floor_ratio else None,
         }  # fmt: skip
         print("JSON " + json.dumps(summary))
 
