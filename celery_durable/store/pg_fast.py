@@ -198,11 +198,25 @@ class PgFastPath:
             into[r[0]] = StepRecord(workflow_id, *r)
         return into
 
+    @contextmanager
+    def _raw_connect(self) -> Iterator[psycopg.Connection[Any]]:
+        """A DBAPI connection of the executions' AUTOCOMMIT pool for a producer's lone statements.
+
+        The pool's own checkout (with its check that the server did not close the connection) and
+        reset on return, without building a SQLAlchemy Connection these statements never use.
+        """
+        proxied = self.exec_engine.raw_connection()
+        try:
+            raw = proxied.dbapi_connection
+            assert isinstance(raw, psycopg.Connection)
+            yield raw
+        finally:
+            proxied.close()
+
     # -- the hot path -----------------------------------------------------------------------------
     def _create_or_find(self, params: dict[str, Any]) -> tuple[WorkflowRecord, bool] | None:
         """``create_workflow``'s one atomic statement (then a read on conflict), raw."""
-        with self._connect() as conn:  # type: ignore[attr-defined]
-            raw = conn.connection.dbapi_connection
+        with self._raw_connect() as raw:
             row = raw.execute(self._fq_create, params).fetchone()
             PgFastPath.raw_statements += 1
             if row is not None:
