@@ -11,7 +11,8 @@ after the other in the same run and the same worker:
 
 For each kind, N of them are enqueued by this process and the clock runs from the first enqueue to
 the last completion: for (a) and (b) the last task increments a Redis counter; (c) does the same
-increment (equal work) but is timed by the workflow status in the store (all N rows SUCCESS).
+increment (equal work) but is timed by the workflow status in the store (all N rows SUCCESS),
+which is read once the counter is full (and now and then before, to stop early on an ERROR).
 The SQL the store sends for (c) is counted inside the worker's pool processes (SQLAlchemy events,
 flushed to Redis) and in this producer, and reported per workflow.
 """
@@ -120,9 +121,19 @@ def main(argv: list[str] | None = None) -> int:
             enqueued = time.perf_counter() - t0
             prod1 = producer_sql.snapshot()
 
+            polls = [0]
+
             def done() -> bool:
+                counted = int(r.get(key) or 0) >= n
                 if kind != "durable":
-                    return int(r.get(key) or 0) >= n
+                    return counted
+                # Each durable body increments the same counter just before its end is committed, so
+                # the store is asked only once the counter is full (and every 50 polls, to see an
+                # ERROR early): a count over the workflows table every 10 ms cost the measured
+                # PostgreSQL about 0.6 ms and this producer about 0.2 ms of CPU each time.
+                polls[0] += 1
+                if not counted and polls[0] % 50:
+                    return False
                 counts = store_counts()
                 if counts.get("ERROR"):
                     raise RuntimeError(f"{counts['ERROR']} workflow(s) ended in ERROR; see {worker.log}")  # type: ignore[union-attr]

@@ -11,6 +11,8 @@ BENCH_PREFETCH   worker_prefetch_multiplier (default 4, Celery's default)
 BENCH_COUNT_SQL  "1": every pool process counts the SQL its durable store engine sends and adds the
                  counts to the Redis hash ``bench:<tag>:sql`` (a background thread flushes every 0.2 s)
 BENCH_READY_FILE the worker's main process writes its pid there once it is ready
+BENCH_PROFILE    a folder: each pool process and the main process's event loop thread profile
+                 themselves (cProfile, CPU time) and dump there at exit (main-<pid>.prof for the latter)
 
 The same three "3 trivial calls" workloads exist as a plain task, a chain and a durable workflow;
 each ends by incrementing a Redis counter (the same cost for all three), so the driver can count
@@ -173,6 +175,25 @@ def _profile_child(**_: Any) -> None:
             prof.dump_stats(f"{folder}/{os.getpid()}.prof")
 
         worker_process_shutdown.connect(dump, weak=False)
+
+
+@worker_ready.connect
+def _profile_main(**_: Any) -> None:
+    """BENCH_PROFILE=<dir>: the worker's main thread (kombu's event loop) profiles itself too, dumped at shutdown."""
+    folder = os.environ.get("BENCH_PROFILE")
+    if folder:
+        import cProfile
+
+        from celery.signals import worker_shutdown
+
+        prof = cProfile.Profile(time.process_time)
+        prof.enable()  # this thread only: the one that runs the event loop
+
+        def dump(**_: Any) -> None:
+            prof.disable()
+            prof.dump_stats(f"{folder}/main-{os.getpid()}.prof")
+
+        worker_shutdown.connect(dump, weak=False)
 
 
 @worker_ready.connect

@@ -34,6 +34,9 @@ class Serializer(Protocol):
 MAX_DEPTH = 200
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
+# What json.dumps(value, allow_nan=False, separators=(",", ":")) builds on every call: one encoder,
+# reused (it keeps no state between calls), for the same text and the same errors.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 class JSONSerializer:
@@ -53,7 +56,7 @@ class JSONSerializer:
     def dumps(self, value: Any) -> str:
         _check_json(value)
         try:
-            return json.dumps(value, allow_nan=False, separators=(",", ":"))
+            return _ENCODER.encode(value)
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"value of type {type(value).__name__} is not JSON-serializable ({exc}); "

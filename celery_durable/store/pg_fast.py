@@ -174,9 +174,16 @@ class PgFastPath:
 
     # -- helpers --------------------------------------------------------------------------------
     def _raw(self, lease: SQLLease) -> psycopg.Connection[Any]:
-        dbapi = lease.conn.connection.dbapi_connection
+        dbapi = lease.dbapi
         assert isinstance(dbapi, psycopg.Connection)
         return dbapi
+
+    def _cursor(self, lease: SQLLease) -> psycopg.Cursor[Any]:
+        """The lease's cursor, reused by every lone statement of the execution (one fewer object per statement)."""
+        cur = lease.cursor
+        if cur is None:
+            cur = lease.cursor = self._raw(lease).cursor()
+        return cur
 
     def _record(self, values: Any) -> WorkflowRecord:
         m = dict(zip(self._wf_columns, values))
@@ -191,11 +198,25 @@ class PgFastPath:
             into[r[0]] = StepRecord(workflow_id, *r)
         return into
 
+    @contextmanager
+    def _raw_connect(self) -> Iterator[psycopg.Connection[Any]]:
+        """A DBAPI connection of the executions' AUTOCOMMIT pool for a producer's lone statements.
+
+        The pool's own checkout (with its check that the server did not close the connection) and
+        reset on return, without building a SQLAlchemy Connection these statements never use.
+        """
+        proxied = self.exec_engine.raw_connection()
+        try:
+            raw = proxied.dbapi_connection
+            assert isinstance(raw, psycopg.Connection)
+            yield raw
+        finally:
+            proxied.close()
+
     # -- the hot path -----------------------------------------------------------------------------
     def _create_or_find(self, params: dict[str, Any]) -> tuple[WorkflowRecord, bool] | None:
         """``create_workflow``'s one atomic statement (then a read on conflict), raw."""
-        with self._connect() as conn:  # type: ignore[attr-defined]
-            raw = conn.connection.dbapi_connection
+        with self._raw_connect() as raw:
             row = raw.execute(self._fq_create, params).fetchone()
             PgFastPath.raw_statements += 1
             if row is not None:
@@ -213,23 +234,26 @@ class PgFastPath:
         then read on the same connection under the lock: only those newer than what this process
         cached for the workflow (step_cache.py says when a cached history is still its history).
         """
-        conn = self.exec_engine.connect()  # AUTOCOMMIT engine: no isolation switch per checkout
+        # AUTOCOMMIT engine: no isolation switch per checkout. The pooled DBAPI connection only: the
+        # lease builds a SQLAlchemy Connection around it if generic code ever needs one (sql_lease.py).
+        proxied = self.exec_engine.raw_connection()
         try:
-            raw = conn.connection.dbapi_connection
+            raw = proxied.dbapi_connection
             assert isinstance(raw, psycopg.Connection)
-            row = raw.execute(
+            cur = raw.cursor()
+            row = cur.execute(
                 self._fq_claim, {"k": self._key("x", workflow_id), "wid": workflow_id, "ticket": ticket, "now": now}
             ).fetchone()
             PgFastPath.raw_statements += 1
         except BaseException:
-            conn.invalidate()  # closing the session drops a lock it may have taken
-            conn.close()
+            proxied.invalidate()  # closing the session drops a lock it may have taken
             raise
         assert row is not None
         if not row[0]:
-            conn.close()
+            proxied.close()
             return None, None
-        lease = SQLLease(workflow_id, conn, autocommit=True)
+        lease = SQLLease(workflow_id, None, autocommit=True, engine=self.exec_engine, proxied=proxied)
+        lease.cursor = cur
         if row[1] is None:
             return lease, None
         record = self._record(row[1:])
@@ -241,7 +265,7 @@ class PgFastPath:
         try:
             cached = self.step_cache.take(record)
             after = max(cached) if cached else -1
-            rows = raw.execute(self._fq_steps, {"wid": workflow_id, "after": after}).fetchall()
+            rows = cur.execute(self._fq_steps, {"wid": workflow_id, "after": after}).fetchall()
             PgFastPath.raw_statements += 1
             lease.history = self._steps(workflow_id, rows, cached if cached is not None else {})
             return lease, Execution(record, lease.history)
@@ -267,7 +291,7 @@ class PgFastPath:
             "started": step.started_at,
             "ended": step.ended_at,
         }
-        inserted = self._raw(lease).execute(query, params).fetchone()
+        inserted = self._cursor(lease).execute(query, params).fetchone()
         PgFastPath.raw_statements += 1
         if inserted is None:
             return super().record_step(lease, step)  # type: ignore[misc]
@@ -438,26 +462,25 @@ class PgFastPath:
             "k": self._key("x", lease.workflow_id),
             "fchan": self.channel(lease.workflow_id, "f"),
         }
-        row = self._raw(lease).execute(self._fq_finish, params).fetchone()
+        row = self._cursor(lease).execute(self._fq_finish, params).fetchone()
         PgFastPath.raw_statements += 1
         lease.finished = True
         if row is None or not row[0]:
-            lease.conn.invalidate()  # never pool a session that may still hold the lock
+            lease.invalidate()  # never pool a session that may still hold the lock
         return []
 
     def release(self, lease: Any) -> None:
         assert isinstance(lease, SQLLease)
         self._keep_history(lease)
-        conn = lease.conn
         if lease.finished and not lease.listening:
-            conn.close()  # finish() already released the lock
+            lease.close()  # finish() already released the lock
             return
         if lease.finished:  # a pooled connection must not keep listening
             try:
                 self._raw(lease).execute("UNLISTEN *")
             except Exception:
-                conn.invalidate()
-            conn.close()
+                lease.invalidate()
+            lease.close()
             return
         try:
             raw = self._raw(lease)
@@ -465,14 +488,14 @@ class PgFastPath:
                 raw.execute("ROLLBACK")
             if lease.listening:
                 raw.execute("UNLISTEN *")
-            row = raw.execute(self._fq_unlock, {"k": self._key("x", lease.workflow_id)}).fetchone()
+            row = self._cursor(lease).execute(self._fq_unlock, {"k": self._key("x", lease.workflow_id)}).fetchone()
             PgFastPath.raw_statements += 1
             if row is None or not row[0]:
-                conn.invalidate()  # never hand a connection that may still hold a lock back to the pool
+                lease.invalidate()  # never hand a connection that may still hold a lock back to the pool
         except Exception:
             try:
-                conn.invalidate()  # closing the session releases any lock it held
+                lease.invalidate()  # closing the session releases any lock it held
             except Exception:
                 pass
         finally:
-            conn.close()
+            lease.close()

@@ -126,9 +126,7 @@ class PostgresStore(PgFastPath, SQLStore):
             "now": now,
             "chan": self.channel(destination),
         }
-        with self._connect() as conn:
-            raw = conn.connection.dbapi_connection
-            assert isinstance(raw, psycopg.Connection)
+        with self._raw_connect() as raw:
             row = raw.execute(self._fq_send, params).fetchone()
             PgFastPath.raw_statements += 1
             assert row is not None
