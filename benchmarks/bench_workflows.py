@@ -7,7 +7,9 @@ after the other in the same run and the same worker:
 
   (a) a plain Celery task making 3 trivial function calls,
   (b) a Celery chain of 3 tasks (one trivial call each),
-  (c) a durable workflow making 3 trivial ``@durable.step`` calls (store: a fresh PostgreSQL database).
+  (c) a durable workflow making 3 trivial ``@durable.step`` calls (store: a fresh PostgreSQL database),
+  (d) the floor of (c): a plain task making the same calls and writing the same rows by hand with raw
+      psycopg (start row, claim, 3 checkpoints, finish; no lock, ticket, replay or engine).
 
 For each kind, N of them are enqueued by this process and the clock runs from the first enqueue to
 the last completion: for (a) and (b) the last task increments a Redis counter; (c) does the same
@@ -38,6 +40,7 @@ KINDS = {
     "plain": "(a) plain task, 3 calls",
     "chain": "(b) chain of 3 tasks",
     "durable": "(c) durable, 3 steps",
+    "floor": "(d) by hand: 3 calls + 6 SQL",
 }
 
 
@@ -89,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     poll_engine: sa.Engine | None = None
     try:
         bench.durable.migrate()
+        kinds = {k: v for k, v in KINDS.items() if k != "floor" or database is not None}  # (d) is PostgreSQL's
+        if database is not None:
+            for ddl in bench.FLOOR_TABLES:
+                bench.pg().execute(ddl)
         producer_sql = bench.SQLCounter().attach(bench.durable.store.engine)
         poll_engine = sa.create_engine(env["BENCH_DATABASE_URL"])
         workflows = bench.durable.store.t.workflows
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.plain3.delay(i, key)
             elif kind == "chain":
                 chain(bench.link.s(i), bench.link.s(), bench.link_last.s(key)).apply_async()
+            elif kind == "floor":
+                bench.floor_start(i, key)
             else:
                 bench.wf3.delay(i, key)
 
@@ -163,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             f"durability {args.durability}; {os.cpu_count()} cores; {common.load_average()}",
             flush=True,
         )
-        for kind in KINDS:
+        for kind in kinds:
             run(kind, args.warmup, "warmup")
 
         results: list[dict[str, Any]] = []
         for rnd in range(args.rounds):
-            for kind in KINDS:
+            for kind in kinds:
                 res = run(kind, args.workflows, f"r{rnd}")
                 res["round"] = rnd
                 results.append(res)
@@ -181,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nResults (N={args.workflows}; time = first enqueue to last completion; median over rounds)")
         print(f"  {'kind':<28}{'time s':>9}{'per s':>9}{'enqueue s':>11}")
         med: dict[str, float] = {}
-        for kind, title in KINDS.items():
+        for kind, title in kinds.items():
             rs = sorted((x for x in results if x["kind"] == kind), key=lambda x: x["total"])
             mid = rs[len(rs) // 2]
             med[kind] = mid["total"]
@@ -190,19 +199,29 @@ def main(argv: list[str] | None = None) -> int:
             f"  ratio time (c)/(a): {med['durable'] / med['plain']:.2f} (goal <= 1.5)   (c)/(b): "
             f"{med['durable'] / med['chain']:.2f} (goal < 1: ahead of the chain)"
         )
+        if "floor" in med:
+            print(
+                f"  ratio time (d)/(a): {med['floor'] / med['plain']:.2f} (the same checkpoints by hand)   "
+                f"(c)/(d): {med['durable'] / med['floor']:.2f} (what the library adds to them)"
+            )
         groups = [
             g for g in ("producer", "worker-main", "worker-pool", "redis", "rabbitmq", "postgres") if g in results[0]["cpu_ms"]
         ]
         print("\nCPU per workflow by process, ms (mean over rounds; /proc/<pid>/stat; Redis and RabbitMQ are shared)")
         print(f"  {'kind':<28}" + "".join(f"{g:>12}" for g in groups) + f"{'total':>10}{'load':>7}")
         cpu_total: dict[str, float] = {}
-        for kind, title in KINDS.items():
+        for kind, title in kinds.items():
             rs = [x for x in results if x["kind"] == kind]
             mean = {g: sum(x["cpu_ms"][g] for x in rs) / len(rs) for g in groups}
             cpu_total[kind] = sum(mean.values())
             load = sum(x["load"] for x in rs) / len(rs)
             print(f"  {title:<28}" + "".join(f"{mean[g]:12.3f}" for g in groups) + f"{cpu_total[kind]:10.3f}{load:7.2f}")
         print(f"  ratio total CPU (c)/(a): {cpu_total['durable'] / cpu_total['plain']:.2f} (goal <= 1.5)")
+        if "floor" in cpu_total:
+            print(
+                f"  ratio total CPU (d)/(a): {cpu_total['floor'] / cpu_total['plain']:.2f}   "
+                f"(c)/(d): {cpu_total['durable'] / cpu_total['floor']:.2f}"
+            )
         floor_ratio = None
         if database is not None:
             # The least any store that keeps each finished step in PostgreSQL can cost here.
@@ -223,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             "cores": os.cpu_count(), "per_s": {k: round(args.workflows / v, 1) for k, v in med.items()},
             "ratio_time": round(med["durable"] / med["plain"], 3),
             "ratio_cpu": round(cpu_total["durable"] / cpu_total["plain"], 3),
+            "ratio_cpu_by_hand": round(cpu_total["floor"] / cpu_total["plain"], 3) if "floor" in cpu_total else None,
             "cpu_ms": {k: round(v, 3) for k, v in cpu_total.items()},
             "floor_ratio_cpu": round(floor_ratio, 3) if floor_ratio else None,
         }  # fmt: skip

@@ -22,11 +22,13 @@ completions of the plain task and the chain without a result backend.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import threading
 import time
 from typing import Any
 
+import psycopg
 import redis
 import sqlalchemy as sa
 from celery import Celery
@@ -264,3 +266,64 @@ def pinger(count: int, timeout: float) -> int:
 def waiter(timeout: float) -> Any:
     """Wait for one message on topic "go"."""
     return durable.recv("go", timeout=timeout, default="<timeout>")
+
+
+# -- (d) the floor: the same checkpoints written by hand -------------------------------------------
+#: Tables of the hand-written kind (created by bench_workflows next to the store's own).
+FLOOR_TABLES = (
+    "CREATE TABLE IF NOT EXISTS bench_floor_wf (id text PRIMARY KEY, status text NOT NULL, inputs text NOT NULL, "
+    "output text, executions int NOT NULL DEFAULT 0, created_at float8 NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS bench_floor_steps (wf text NOT NULL, step int NOT NULL, output text, "
+    "at float8 NOT NULL, PRIMARY KEY (wf, step))",
+)
+_pg: psycopg.Connection[Any] | None = None
+_pg_pid = 0
+
+
+def pg() -> psycopg.Connection[Any]:
+    """One autocommit psycopg connection per process to the benchmark's database (each commit flushed)."""
+    global _pg, _pg_pid
+    if _pg is None or _pg_pid != os.getpid():
+        url = os.environ["BENCH_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+        _pg, _pg_pid = psycopg.connect(url, autocommit=True), os.getpid()
+    return _pg
+
+
+def floor_start(x: int, key: str) -> None:
+    """(d) producer side: insert the workflow row (flushed), then publish the task, as ``start`` does."""
+    wid = os.urandom(8).hex()
+    pg().execute(
+        "INSERT INTO bench_floor_wf (id, status, inputs, created_at) VALUES (%s, 'PENDING', %s, %s)",
+        (wid, json.dumps([x, key]), time.time()),
+        prepare=True,
+    )
+    floor3.delay(wid)
+
+
+@app.task(name="bench.floor3")
+def floor3(wid: str) -> int:
+    """(d) a plain task writing what a durable execution writes, by hand: claim, 3 checkpoints, finish.
+
+    Six rows/updates like the store's (the claim's commit not waiting for its flush, as the store's
+    does), with none of the rest: no lock, no ticket, no replay, no engine, no validation. It is the
+    least a Celery task that checkpoints each step in PostgreSQL can cost: the floor for (c).
+    """
+    conn = pg()
+    row = conn.execute(
+        "WITH sc AS (SELECT set_config('synchronous_commit', 'off', true)) UPDATE bench_floor_wf "
+        "SET status = 'RUNNING', executions = executions + 1 FROM sc WHERE id = %s RETURNING inputs",
+        (wid,),
+        prepare=True,
+    ).fetchone()
+    assert row is not None
+    x, key = json.loads(row[0])
+    for step in range(3):
+        x = inc(x)
+        conn.execute(
+            "INSERT INTO bench_floor_steps (wf, step, output, at) VALUES (%s, %s, %s, %s)",
+            (wid, step, json.dumps(x), time.time()),
+            prepare=True,
+        )
+    rds().incr(key)
+    conn.execute("UPDATE bench_floor_wf SET status = 'SUCCESS', output = %s WHERE id = %s", (json.dumps(x), wid), prepare=True)
+    return int(x)
