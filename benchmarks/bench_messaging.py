@@ -34,6 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
 import redis
 import sqlalchemy as sa
 
@@ -349,12 +350,19 @@ def many_waiting(args: argparse.Namespace, ctx: Ctx) -> None:
     t0 = time.perf_counter()
     t_send = run_parallel(lambda wid: durable.send(wid, "go", topic="go"), ids)
 
+    last = sa.select(w.c.status).where(w.c.workflow_id == ids[-1])
+
     def all_done() -> bool:
+        # The last one sent is about the last to finish: a primary-key read until it has, then the
+        # full count (a count over the table every 50 ms would charge PostgreSQL's CPU to the run).
+        with ctx.poll_engine.connect() as conn:
+            if conn.execute(last).scalar() != "SUCCESS":
+                return False
         c = ctx.store_counts()
         check_errors(c)
         return c.get("SUCCESS", 0) >= len(warm) + n
 
-    common.wait_until(all_done, max(300.0, n / 10), 0.05, f"{n} workflows to finish")
+    common.wait_until(all_done, max(300.0, n / 10), 0.02, f"{n} workflows to finish")
     t_done = time.perf_counter() - t0
     after = common.worker_stats(worker)
     with ctx.poll_engine.connect() as conn:
@@ -372,15 +380,59 @@ def many_waiting(args: argparse.Namespace, ctx: Ctx) -> None:
             + ", ".join(f"{g} {v / n * 1000:.3f}" for g, v in cpu.items())
             + f"; total {sum(cpu.values()) / n * 1000:.3f}"
         )
+    by_hand = floor_wakeups(args, ctx, n) if not ctx.embedded else None
     summary = {
         "bench": "messaging-waiting", "broker": args.broker, "n": n, "rss_growth_mb": round(during["rss_mb"] - base["rss_mb"], 1),
         "held": held, "bytes_per_waiting": round(size / (n + len(warm))), "sends_per_s": round(n / t_send),
-        "completions_per_s": round(n / t_done), "cores": os.cpu_count(), "load": os.getloadavg()[0],
+        "completions_per_s": round(n / t_done), "by_hand_completions_per_s": by_hand, "cores": os.cpu_count(),
+        "load": os.getloadavg()[0],
     }  # fmt: skip
     print("JSON " + json.dumps(summary, default=str))
     print(
         f"    executions per workflow {executions / n:.2f} (2 = start + wake-up); worker RSS after: {after['rss_mb']:.1f} MB"
     )
+
+
+def floor_wakeups(args: argparse.Namespace, ctx: Ctx, n: int) -> float:
+    """(b') The same n wake-ups by hand, same worker: rows already WAITING, a send that stores the message
+    and wakes the row in one statement then publishes a plain task, which claims, takes the message with
+    its checkpoint and finishes (no lock, ticket, replay or engine): the floor of (b)'s wake-ups."""
+    bench = ctx.bench
+    for ddl in bench.FLOOR_TABLES:
+        bench.pg().execute(ddl)
+    ids = [f"{ctx.tag}-f-{i}" for i in range(n)]
+    bench.floor_wait(ids)
+    cpu0 = ctx.meter.snapshot() if ctx.meter else None
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, args.threads)) as pool:
+        for _ in pool.map(lambda wid: bench.floor_send(wid, '"go"'), ids, chunksize=64):
+            pass
+    t_send = time.perf_counter() - t0
+    poll = psycopg.connect(str(ctx.poll_engine.url.set(drivername="postgresql")), autocommit=True)
+    try:
+
+        def done() -> bool:
+            if poll.execute("SELECT status FROM bench_floor_wf WHERE id = %s", (ids[-1],)).fetchone() != ("SUCCESS",):
+                return False
+            row = poll.execute("SELECT count(*) FROM bench_floor_wf WHERE status = 'SUCCESS'").fetchone()
+            return row is not None and row[0] >= n
+
+        common.wait_until(done, max(300.0, n / 10), 0.02, f"{n} wake-ups by hand")
+    finally:
+        poll.close()
+    t_done = time.perf_counter() - t0
+    print(
+        f"\n(b') the same {n} wake-ups by hand (plain tasks, raw SQL: the floor of (b)): {n / t_send:.0f} sends/s, "
+        f"{n / t_done:.0f} completions/s"
+    )
+    if ctx.meter and cpu0:
+        cpu = common.CpuMeter.delta(cpu0, ctx.meter.snapshot())
+        print(
+            "    CPU per wake-up by hand, ms: "
+            + ", ".join(f"{g} {v / n * 1000:.3f}" for g, v in cpu.items())
+            + f"; total {sum(cpu.values()) / n * 1000:.3f}"
+        )
+    return round(n / t_done)
 
 
 if __name__ == "__main__":

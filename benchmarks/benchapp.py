@@ -275,18 +275,21 @@ FLOOR_TABLES = (
     "output text, executions int NOT NULL DEFAULT 0, created_at float8 NOT NULL)",
     "CREATE TABLE IF NOT EXISTS bench_floor_steps (wf text NOT NULL, step int NOT NULL, output text, "
     "at float8 NOT NULL, PRIMARY KEY (wf, step))",
+    "CREATE TABLE IF NOT EXISTS bench_floor_msgs (seq bigserial PRIMARY KEY, dest text NOT NULL, payload text NOT NULL, "
+    "consumed_at float8)",
+    "CREATE INDEX IF NOT EXISTS bench_floor_msgs_queue ON bench_floor_msgs (dest, seq) WHERE consumed_at IS NULL",
 )
-_pg: psycopg.Connection[Any] | None = None
-_pg_pid = 0
+_pg = threading.local()
 
 
 def pg() -> psycopg.Connection[Any]:
-    """One autocommit psycopg connection per process to the benchmark's database (each commit flushed)."""
-    global _pg, _pg_pid
-    if _pg is None or _pg_pid != os.getpid():
+    """One autocommit psycopg connection per process and thread to the benchmark's database (each commit flushed)."""
+    conn: psycopg.Connection[Any] | None = getattr(_pg, "conn", None)
+    if conn is None or getattr(_pg, "pid", 0) != os.getpid():
         url = os.environ["BENCH_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
-        _pg, _pg_pid = psycopg.connect(url, autocommit=True), os.getpid()
-    return _pg
+        conn = _pg.conn = psycopg.connect(url, autocommit=True)
+        _pg.pid = os.getpid()
+    return conn
 
 
 def floor_start(x: int, key: str) -> None:
@@ -327,3 +330,51 @@ def floor3(wid: str) -> int:
     rds().incr(key)
     conn.execute("UPDATE bench_floor_wf SET status = 'SUCCESS', output = %s WHERE id = %s", (json.dumps(x), wid), prepare=True)
     return int(x)
+
+
+def floor_wait(wids: list[str]) -> None:
+    """(b') rows of workflows already WAITING (the wake-up is what is measured, not the start)."""
+    with pg().cursor() as cur:
+        cur.executemany(
+            "INSERT INTO bench_floor_wf (id, status, inputs, created_at) VALUES (%s, 'WAITING', '[]', %s)",
+            [(wid, time.time()) for wid in wids],
+        )
+
+
+def floor_send(wid: str, payload: str) -> None:
+    """(b') a send by hand: store the message and wake a WAITING row in one flushed statement, then publish."""
+    row = pg().execute(
+        "WITH ins AS (INSERT INTO bench_floor_msgs (dest, payload) VALUES (%s, %s) RETURNING 1), "
+        "wk AS (UPDATE bench_floor_wf SET status = 'PENDING' WHERE id = %s AND status = 'WAITING' RETURNING 1) "
+        "SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM wk)",
+        (wid, payload, wid),
+        prepare=True,
+    ).fetchone()
+    if row is not None and row[1]:
+        floor_wake.delay(wid)
+
+
+@app.task(name="bench.floor_wake")
+def floor_wake(wid: str) -> str:
+    """(b') a wake-up by hand: claim, take the oldest message with its checkpoint, finish (as the store does)."""
+    conn = pg()
+    conn.execute(
+        "WITH sc AS (SELECT set_config('synchronous_commit', 'off', true)) UPDATE bench_floor_wf "
+        "SET status = 'RUNNING', executions = executions + 1 FROM sc WHERE id = %s",
+        (wid,),
+        prepare=True,
+    )
+    row = conn.execute(
+        "WITH m AS (SELECT seq, payload FROM bench_floor_msgs WHERE dest = %s AND consumed_at IS NULL "
+        "ORDER BY seq LIMIT 1 FOR UPDATE), u AS (UPDATE bench_floor_msgs AS b SET consumed_at = %s FROM m "
+        "WHERE b.seq = m.seq RETURNING 1), ins AS (INSERT INTO bench_floor_steps (wf, step, output, at) "
+        "SELECT %s, 0, payload, %s FROM m RETURNING 1) SELECT payload, (SELECT count(*) FROM u), "
+        "(SELECT count(*) FROM ins) FROM m",
+        (wid, time.time(), wid, time.time()),
+        prepare=True,
+    ).fetchone()
+    payload = row[0] if row is not None else ""
+    conn.execute(
+        "UPDATE bench_floor_wf SET status = 'SUCCESS', output = %s WHERE id = %s", (payload, wid), prepare=True
+    )
+    return str(payload)
