@@ -428,25 +428,29 @@ class WorkflowContext:
         if recorded is None:
             engine = self.engine
             request = WaitRequest(step_id, name, kind, topics, target, timeout, engine.clock(), engine.config.horizon)
-            linger = self._linger(timeout) if kind == "recv" else 0.0
-            if linger > 0:
-                # Wait in place briefly (store.linger_recv says why no message can be lost): a reply
-                # within it continues here, without leaving and replaying.
-                recorded = self._store(
-                    lambda: engine.store.linger_recv(self.lease, request, linger), f"{kind} {name!r}"
-                )
-                self.replies_fast = recorded is not None
-            if recorded is None:
+            # The recv this execution was woken for: its message is most likely there (take_recv).
+            woken_here = kind == "recv" and step_id == self.workflow.wait_step and self.workflow.wait_kind == "recv"
 
-                def wait() -> StepRecord:
-                    result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
-                    if isinstance(result, Suspended):
-                        raise Suspend(result.dispatch)
-                    return result
+            def wait() -> StepRecord:
+                taken: StepRecord | None = None
+                if woken_here:
+                    taken = self._store(lambda: engine.store.take_recv(self.lease, request), f"{kind} {name!r}")
+                linger = self._linger(timeout) if kind == "recv" and taken is None else 0.0
+                if linger > 0:
+                    # Wait in place briefly (store.linger_recv says why no message can be lost): a reply
+                    # within it continues here, without leaving and replaying.
+                    taken = self._store(lambda: engine.store.linger_recv(self.lease, request, linger), f"{kind} {name!r}")
+                    self.replies_fast = taken is not None
+                if taken is not None:
+                    return taken
+                result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
+                if isinstance(result, Suspended):
+                    raise Suspend(result.dispatch)
+                return result
 
-                recorded = engine.observers.wait(self, request, wait) if engine.observers else wait()  # observer hook
-                if kind == "recv" and step_id == self.workflow.wait_step:
-                    self.replies_fast = self._answered_fast(step_id, recorded)
+            recorded = engine.observers.wait(self, request, wait) if engine.observers else wait()  # observer hook
+            if woken_here:
+                self.replies_fast = self._answered_fast(step_id, recorded)
         if recorded.output is None and recorded.error is None:
             return None
         return recorded

@@ -381,6 +381,39 @@ class PgFastPath:
         finally:
             conn.close()
 
+    def take_recv(self, lease: Any, request: WaitRequest) -> StepRecord | None:
+        """Take the oldest message the ``recv`` *request* can take, with its checkpoint, in one statement;
+        ``None`` (nothing written) when there is none. For a recv that was woken by a send.
+
+        Without the channel lock, and still FIFO: senders to one destination take that lock around
+        their insert and commit, so their sequence numbers are in commit order and any snapshot holds
+        a prefix of that destination's messages; the oldest unconsumed one in it is the oldest there
+        is. Deciding to *wait* needs the lock (a message committed after this snapshot must be seen or
+        must see the wait): that is :meth:`wait_step`, which the caller runs when this returns ``None``.
+        """
+        assert isinstance(lease, SQLLease)
+        if request.kind != "recv":
+            return None
+        params = {
+            "wid": lease.workflow_id,
+            "sid": request.step_id,
+            "name": request.name,
+            "topics": list(request.topics),
+            "now": request.now,
+        }
+        try:
+            row = self._cursor(lease).execute(self._fq_take, params).fetchone()
+        except psycopg.errors.UniqueViolation:
+            raise DurableError(f"step {request.step_id} of workflow {lease.workflow_id!r} was already recorded") from None
+        finally:
+            PgFastPath.raw_statements += 1
+        if row is None:
+            return None
+        topic, payload = row
+        step = StepRecord(lease.workflow_id, request.step_id, request.name, "recv", payload, None, topic, request.now, request.now)
+        lease.remember(step)
+        return step
+
     def linger_recv(self, lease: Any, request: WaitRequest, seconds: float) -> StepRecord | None:
         """Wait up to *seconds* for a message that a ``recv`` at *request* can take, without recording a wait.
 

@@ -163,3 +163,40 @@ def test_a_linger_that_catches_nothing_turns_adaptive_lingering_off(store: Store
     outcome = engine.execute("wf", wakeups[0].ticket, "body", _loop(3, 30.0))
     assert isinstance(outcome, core.Waiting)
     assert spy.calls == 1, "after a slow reply the next recv leaves at once"
+
+
+def test_the_recv_an_execution_was_woken_for_takes_its_message_without_the_wait_path(store: Store) -> None:
+    """take_recv: one statement for the woken recv (PostgreSQL); FIFO kept; nothing found -> the normal wait."""
+    calls: list[bool] = []
+    real = store.take_recv
+
+    def take_recv(*args: Any) -> Any:
+        step = real(*args)
+        calls.append(step is not None)
+        return step
+
+    store.take_recv = take_recv  # type: ignore[method-assign]
+    engine = core.Engine(store, JSONSerializer(), DurableConfig(adaptive_linger=0), lambda d: None)
+
+    def body() -> list[Any]:
+        ctx = core.require_context("test")
+        got = [ctx.recv(("v",), 30.0)[1] for _ in range(3)]
+        return ["<timed out>" if value is core.TIMED_OUT else value for value in got]
+
+    record, _ = store.create_workflow("wf", "body", JSONSerializer().dumps({"args": [], "kwargs": {}}), None, time.time())
+    assert isinstance(engine.execute("wf", record.ticket, "body", body), core.Waiting)
+    assert calls == [], "the first execution was not woken: no take"
+    wakeups = store.send("wf", "v", '"a"', time.time()).wakeups
+    store.send("wf", "v", '"b"', time.time())
+    outcome = engine.execute("wf", wakeups[0].ticket, "body", body)
+    assert isinstance(outcome, core.Waiting), "two messages for three recvs: the third waits"
+    postgres = store.engine.dialect.name == "postgresql"  # type: ignore[attr-defined]
+    assert calls == ([True] if postgres else [False]), "only the woken recv (step 0) tries the take"
+    record = store.get_workflow("wf")
+    assert record is not None and record.status == WorkflowStatus.WAITING and record.wait_step == 2
+    # A timer wake-up (no message) finds nothing to take and records the timeout through the wait path.
+    store.shift_deadlines(60.0)
+    outcome = engine.execute("wf", record.ticket, "body", body)
+    assert isinstance(outcome, core.Finished) and outcome.value == ["a", "b", "<timed out>"]
+    assert calls == ([True, False] if postgres else [False, False])
+    assert [s.kind for s in store.list_steps("wf")] == ["recv", "recv", "recv"]
