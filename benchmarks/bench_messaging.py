@@ -187,8 +187,25 @@ class Ctx:
         }
 
 
+def plain_hops(ctx: Ctx, n: int = 200) -> list[float]:
+    """Seconds from ``delay()`` to the first line of a plain task, *n* times, one at a time, 20 ms apart:
+    the broker-to-task hop of this worker, which a wake-up through the broker pays as well."""
+    key = f"bench:{ctx.tag}:hop"
+    hops = []
+    for _ in range(n + 20):
+        t0 = time.time()
+        ctx.bench.hop.delay(key)
+        reply = ctx.r.blpop([key], timeout=30)
+        if reply is None:
+            raise RuntimeError(f"a plain task did not run within 30 s; see {ctx.worker.log}")
+        hops.append(float(reply[1]) - t0)
+        time.sleep(0.02)
+    return hops[20:]  # after a warm-up
+
+
 def latency(args: argparse.Namespace, ctx: Ctx) -> None:
     """(a) send -> recv-returns latency."""
+    hops = plain_hops(ctx) if not ctx.embedded else []
     w, s = ctx.w, ctx.s
     latencies: list[float] = []
     send_calls: list[float] = []
@@ -245,6 +262,8 @@ def latency(args: argparse.Namespace, ctx: Ctx) -> None:
     print(f"    latency     {common.describe_ms(latencies)}")
     print(f"    goal p50 <= 4 ms: {p50:.2f} ms; goal p99 <= 10 ms: {p99:.2f} ms")
     print(f"    send() call {common.describe_ms(send_calls)}")
+    if hops:
+        print(f"    for scale, a plain Celery task from delay() to its first line: {common.describe_ms(hops)}")
     k = min(50, per // 2)
     first = [x for x, i in zip(latencies, position) if i < k]
     last = [x for x, i in zip(latencies, position) if i >= per - k]
@@ -277,7 +296,8 @@ def latency(args: argparse.Namespace, ctx: Ctx) -> None:
         "bench": "messaging-latency", "broker": args.broker, "n": len(latencies), "p50_ms": round(p50, 3),
         "p99_ms": round(p99, 3), "first_last_ratio": round(ratio, 3) if ratio else None,
         "send_p50_ms": round(common.percentile(send_calls, 50) * 1000, 3), "held_timers": held["scheduled"],
-        "broker_wakeups": executions - pingers, "adaptive_linger": config.adaptive_linger, "recv_linger": config.recv_linger,
+        "broker_wakeups": executions - pingers,
+        "plain_hop_p50_ms": round(common.percentile(hops, 50) * 1000, 3) if hops else None, "adaptive_linger": config.adaptive_linger, "recv_linger": config.recv_linger,
         "cores": os.cpu_count(), "load": os.getloadavg()[0],
     }  # fmt: skip
     print("JSON " + json.dumps(summary))
@@ -373,13 +393,7 @@ def many_waiting(args: argparse.Namespace, ctx: Ctx) -> None:
         f"    sent one message to each: {n} sends in {t_send:.1f} s = {n / t_send:.0f} sends/s ({args.threads} thread(s))"
     )
     print(f"    all {n} finished {t_done:.1f} s after the first send = {n / t_done:.0f} completions/s (goal >= 1000)")
-    if ctx.meter and cpu0:
-        cpu = common.CpuMeter.delta(cpu0, ctx.meter.snapshot())
-        print(
-            "    CPU per wake-up (send + execution), ms: "
-            + ", ".join(f"{g} {v / n * 1000:.3f}" for g, v in cpu.items())
-            + f"; total {sum(cpu.values()) / n * 1000:.3f}"
-        )
+    print_cpu(ctx, cpu0, n, "    CPU per wake-up (send + execution), ms: ")
     by_hand = floor_wakeups(args, ctx, n) if not ctx.embedded else None
     summary = {
         "bench": "messaging-waiting", "broker": args.broker, "n": n, "rss_growth_mb": round(during["rss_mb"] - base["rss_mb"], 1),
@@ -391,6 +405,13 @@ def many_waiting(args: argparse.Namespace, ctx: Ctx) -> None:
     print(
         f"    executions per workflow {executions / n:.2f} (2 = start + wake-up); worker RSS after: {after['rss_mb']:.1f} MB"
     )
+
+
+def print_cpu(ctx: Ctx, cpu0: dict[str, dict[int, float]] | None, n: int, title: str) -> None:
+    """CPU per item by process group since *cpu0*, in ms."""
+    if ctx.meter and cpu0:
+        cpu = common.CpuMeter.delta(cpu0, ctx.meter.snapshot())
+        print(title + ", ".join(f"{g} {v / n * 1000:.3f}" for g, v in cpu.items()) + f"; total {sum(cpu.values()) / n * 1000:.3f}")
 
 
 def floor_wakeups(args: argparse.Namespace, ctx: Ctx, n: int) -> float:
@@ -425,13 +446,7 @@ def floor_wakeups(args: argparse.Namespace, ctx: Ctx, n: int) -> float:
         f"\n(b') the same {n} wake-ups by hand (plain tasks, raw SQL: the floor of (b)): {n / t_send:.0f} sends/s, "
         f"{n / t_done:.0f} completions/s"
     )
-    if ctx.meter and cpu0:
-        cpu = common.CpuMeter.delta(cpu0, ctx.meter.snapshot())
-        print(
-            "    CPU per wake-up by hand, ms: "
-            + ", ".join(f"{g} {v / n * 1000:.3f}" for g, v in cpu.items())
-            + f"; total {sum(cpu.values()) / n * 1000:.3f}"
-        )
+    print_cpu(ctx, cpu0, n, "    CPU per wake-up by hand, ms: ")
     return round(n / t_done)
 
 

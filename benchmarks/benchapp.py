@@ -378,3 +378,9 @@ def floor_wake(wid: str) -> str:
         "UPDATE bench_floor_wf SET status = 'SUCCESS', output = %s WHERE id = %s", (payload, wid), prepare=True
     )
     return str(payload)
+
+
+@app.task(name="bench.hop")
+def hop(key: str) -> None:
+    """A plain task that records when it started: the broker-to-task hop a wake-up through the broker pays too."""
+    rds().rpush(key, time.time())

@@ -381,6 +381,17 @@ class PgFastPath:
         finally:
             conn.close()
 
+    @staticmethod
+    def _take_params(lease: SQLLease, request: WaitRequest) -> dict[str, Any]:
+        """Parameters of ``_fq_take`` (take_recv, linger_recv)."""
+        return {
+            "wid": lease.workflow_id,
+            "sid": request.step_id,
+            "name": request.name,
+            "topics": list(request.topics),
+            "now": request.now,
+        }
+
     def take_recv(self, lease: Any, request: WaitRequest) -> StepRecord | None:
         """Take the oldest message the ``recv`` *request* can take, with its checkpoint, in one statement;
         ``None`` (nothing written) when there is none. For a recv that was woken by a send.
@@ -394,13 +405,7 @@ class PgFastPath:
         assert isinstance(lease, SQLLease)
         if request.kind != "recv":
             return None
-        params = {
-            "wid": lease.workflow_id,
-            "sid": request.step_id,
-            "name": request.name,
-            "topics": list(request.topics),
-            "now": request.now,
-        }
+        params = self._take_params(lease, request)
         try:
             row = self._cursor(lease).execute(self._fq_take, params).fetchone()
         except psycopg.errors.UniqueViolation:
@@ -429,13 +434,7 @@ class PgFastPath:
         assert isinstance(lease, SQLLease)
         raw = self._raw(lease)
         channel = self.channel(lease.workflow_id)
-        params = {
-            "wid": lease.workflow_id,
-            "sid": request.step_id,
-            "name": request.name,
-            "topics": list(request.topics),
-            "now": request.now,
-        }
+        params = self._take_params(lease, request)
         lease.listening = True  # release() ends it (UNLISTEN *)
         with raw.pipeline():
             raw.execute(f'LISTEN "{channel}"')
