@@ -152,13 +152,13 @@ def test_adaptive_linger_stays_off_while_replies_are_slow(store: Store) -> None:
 
 def test_a_linger_that_catches_nothing_turns_adaptive_lingering_off(store: Store) -> None:
     spy = _CountingLingers(store)
-    engine = core.Engine(store, JSONSerializer(), DurableConfig(adaptive_linger=0.2), lambda d: None)
+    engine = core.Engine(store, JSONSerializer(), DurableConfig(adaptive_linger=1.0), lambda d: None)
     _start_loop(store, engine, 3)
     wakeups = store.send("wf", "v", "0", time.time()).wakeups  # fast: the next recv lingers...
     outcome = engine.execute("wf", wakeups[0].ticket, "body", _loop(3, 30.0))
     assert isinstance(outcome, core.Waiting), "...but nothing came within the linger: the wait is recorded"
     assert (spy.calls, spy.caught) == (1, 0), "one linger (both stores ask; SQLite returns at once)"
-    time.sleep(0.3)
+    time.sleep(1.2)
     wakeups = store.send("wf", "v", "1", time.time()).wakeups  # later than the linger: a slow reply
     outcome = engine.execute("wf", wakeups[0].ticket, "body", _loop(3, 30.0))
     assert isinstance(outcome, core.Waiting)
