@@ -160,42 +160,36 @@ def _count_sql_in_child(**_: Any) -> None:
         threading.Thread(target=_flush_loop, args=(counter,), name="bench-sql-flush", daemon=True).start()
 
 
-@worker_process_init.connect
-def _profile_child(**_: Any) -> None:
-    """BENCH_PROFILE=<dir>: each pool process profiles itself (CPU time) and dumps at exit."""
+def _profile_until(signal: Any, name: str) -> None:
+    """BENCH_PROFILE=<dir>: profile this thread (CPU time) until *signal*, then dump to <dir>/<name>.prof."""
     folder = os.environ.get("BENCH_PROFILE")
     if folder:
         import cProfile
-
-        from celery.signals import worker_process_shutdown
 
         prof = cProfile.Profile(time.process_time)
         prof.enable()
 
         def dump(**_: Any) -> None:
             prof.disable()
-            prof.dump_stats(f"{folder}/{os.getpid()}.prof")
+            prof.dump_stats(f"{folder}/{name}.prof")
 
-        worker_process_shutdown.connect(dump, weak=False)
+        signal.connect(dump, weak=False)
+
+
+@worker_process_init.connect
+def _profile_child(**_: Any) -> None:
+    """Each pool process profiles itself, dumped at its exit."""
+    from celery.signals import worker_process_shutdown
+
+    _profile_until(worker_process_shutdown, str(os.getpid()))
 
 
 @worker_ready.connect
 def _profile_main(**_: Any) -> None:
-    """BENCH_PROFILE=<dir>: the worker's main thread (kombu's event loop) profiles itself too, dumped at shutdown."""
-    folder = os.environ.get("BENCH_PROFILE")
-    if folder:
-        import cProfile
+    """The worker's main thread (kombu's event loop, the thread this runs in), dumped at shutdown."""
+    from celery.signals import worker_shutdown
 
-        from celery.signals import worker_shutdown
-
-        prof = cProfile.Profile(time.process_time)
-        prof.enable()  # this thread only: the one that runs the event loop
-
-        def dump(**_: Any) -> None:
-            prof.disable()
-            prof.dump_stats(f"{folder}/main-{os.getpid()}.prof")
-
-        worker_shutdown.connect(dump, weak=False)
+    _profile_until(worker_shutdown, f"main-{os.getpid()}")
 
 
 @worker_ready.connect
