@@ -75,12 +75,15 @@ class Store(abc.ABC):
         parent_id: str | None = None,
         timeout_at: float | None = None,
         trace_context: str | None = None,
+        task_options: str | None = None,
     ) -> tuple[WorkflowRecord, bool]:
         """Insert a PENDING workflow with ticket 0 unless the id exists.
 
         *version* is the application version starting it, *parent_id* the workflow that started
-        it as a child, *timeout_at* its own deadline (absolute, fixed for its whole life) and
-        *trace_context* the serialized trace context it was started in; each is stored as given.
+        it as a child, *timeout_at* its own deadline (absolute, fixed for its whole life),
+        *trace_context* the serialized trace context it was started in and *task_options* the task
+        system's opaque options (kept for its whole life, through ``continue_as_new`` and ``resume``;
+        a fork does not copy them); each is stored as given.
         Return the stored record and whether this call created it. An existing row is
         returned unchanged whatever its name: the caller decides what a conflict means.
         """

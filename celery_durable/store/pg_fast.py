@@ -100,9 +100,9 @@ class PgFastPath:
         self._fq_unlock = f"SELECT pg_advisory_unlock({KEY})"
         self._fq_create = (
             f"INSERT INTO {w} (workflow_id, name, status, inputs, queue, ticket, executions, created_at, updated_at, "
-            "dispatched_at, version, parent_id, timeout_at, trace_context) VALUES (%(p_wid)s, %(p_name)s, 'PENDING', "
+            "dispatched_at, version, parent_id, timeout_at, trace_context, task_options) VALUES (%(p_wid)s, %(p_name)s, 'PENDING', "
             "%(p_inputs)s, %(p_queue)s, 0, 0, %(p_now)s, %(p_now)s, %(p_now)s, %(p_version)s, %(p_parent_id)s, %(p_timeout_at)s, "
-            f"%(p_trace_context)s) ON CONFLICT (workflow_id) DO NOTHING RETURNING {cols}"
+            f"%(p_trace_context)s, %(p_task_options)s) ON CONFLICT (workflow_id) DO NOTHING RETURNING {cols}"
         )
         self._fq_get = f"SELECT {cols} FROM {w} WHERE workflow_id = %(p_wid)s"
         # A send from outside a workflow; see PostgresStore.send for why it is correct in one statement.

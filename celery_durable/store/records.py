@@ -65,6 +65,8 @@ class WorkflowRecord:
     attempt_step: int | None = None
     attempts: int | None = None
     trace_context: str | None = None
+    #: Opaque text the task system stored at start (Celery: the start message's canvas options).
+    task_options: str | None = None
 
     @property
     def error_summary(self) -> str | None:

@@ -66,6 +66,15 @@ def _v3_workflow_columns() -> list[sa.Column[Any]]:
     ]
 
 
+def _v4_workflow_columns() -> list[sa.Column[Any]]:
+    """Columns schema version 4 added to the workflows table (the task system's options, kept for the finish)."""
+    return [
+        # Opaque JSON text the task system stores at start and gets back with the record (Celery: the
+        # start message's canvas - links, chain, chord, group - fired when the workflow finishes).
+        sa.Column("task_options", sa.Text),
+    ]
+
+
 def build_tables(prefix: str, version: int | None = None) -> Tables:
     """Declare the schema under *prefix*: the newest, or as it stood at schema *version*."""
     version = LATEST_VERSION if version is None else version
@@ -94,6 +103,7 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         sa.Column("updated_at", sa.Float, nullable=False),
         *(_v2_workflow_columns() if version >= 2 else []),
         *(_v3_workflow_columns() if version >= 3 else []),
+        *(_v4_workflow_columns() if version >= 4 else []),
     )
     sa.Index(f"{prefix}workflows_created", workflows.c.created_at)
     sa.Index(f"{prefix}workflows_status", workflows.c.status, workflows.c.created_at)
@@ -180,6 +190,13 @@ def _v3_children(conn: sa.Connection, tables: Tables) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {w.name} ADD COLUMN {ddl}")
 
 
+def _v4_task_options(conn: sa.Connection, tables: Tables) -> None:
+    w = tables.workflows
+    for column in _v4_workflow_columns():
+        ddl = sa.schema.CreateColumn(w.c[column.name]).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {w.name} ADD COLUMN {ddl}")
+
+
 # Append new migrations here; never edit one that has shipped.
-MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations, _v3_children]
+MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations, _v3_children, _v4_task_options]
 LATEST_VERSION = len(MIGRATIONS)

@@ -166,6 +166,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, Store):
             attempt_step=m["attempt_step"],
             attempts=m["attempts"],
             trace_context=m["trace_context"],
+            task_options=m["task_options"],
         )
 
     @staticmethod
@@ -248,6 +249,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, Store):
         parent_id: str | None = None,
         timeout_at: float | None = None,
         trace_context: str | None = None,
+        task_options: str | None = None,
     ) -> tuple[WorkflowRecord, bool]:
         params = {
             "p_wid": workflow_id,
@@ -259,6 +261,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, Store):
             "p_parent_id": parent_id,
             "p_timeout_at": timeout_at,
             "p_trace_context": trace_context,
+            "p_task_options": task_options,
         }
         # One atomic statement: no transaction needed. A conflict means the row exists (only
         # prune() deletes workflows, and only long-finished ones), so reading it afterwards is safe.
@@ -319,6 +322,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, Store):
                 parent_id=sa.bindparam("p_parent_id", type_=w.c.parent_id.type),
                 timeout_at=sa.bindparam("p_timeout_at", type_=w.c.timeout_at.type),
                 trace_context=sa.bindparam("p_trace_context", type_=w.c.trace_context.type),
+                task_options=sa.bindparam("p_task_options", type_=w.c.task_options.type),
             )
             .on_conflict_do_nothing(index_elements=[w.c.workflow_id])
             .returning(*w.c)

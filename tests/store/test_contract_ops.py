@@ -188,3 +188,33 @@ def test_leave_to_sweep_makes_the_next_sweep_publish_at_once(h: Harness) -> None
     store.leave_to_sweep(Dispatch("t", "wf", "q", waiting.ticket, 60))
     (timer,) = store.sweep(T0 + 1, 300, 120)
     assert (timer.workflow_id, timer.countdown) == ("t", 59.0), "the sweep arms the timer again"
+
+
+def test_task_options_are_kept_for_the_whole_life_but_not_forked(h: Harness) -> None:
+    """The task system's opaque options (Celery: the start's canvas) come back with every read of the
+    workflow, survive continue_as_new, a cancel and a resume, and are not copied by a fork."""
+    store = h.store
+    options = '{"callbacks": [{"task": "after"}]}'
+    record, created = store.create_workflow("opt", "wf", '{"args":[]}', None, T0, task_options=options)
+    assert created and record.task_options == options
+    assert store.create_workflow("plain", "wf", "[]", None, T0)[0].task_options is None
+    # A second start under the same id does not replace them.
+    again, created = store.create_workflow("opt", "wf", "[]", None, T0 + 1, task_options='{"other": 1}')
+    assert not created and again.task_options == options
+
+    lease = h.acquire("opt")
+    assert lease is not None
+    execution = store.begin(lease, 0, T0 + 2)
+    assert execution is not None and execution.workflow.task_options == options, "the claim returns them"
+    store.record_step(lease, step("opt", 0))
+    renewed = store.continue_as_new(lease, '{"args":[2],"kwargs":{}}', T0 + 3)
+    assert renewed.task_options == options
+    store.release(lease)
+
+    forked, _ = store.fork("opt", "opt-copy", 0, T0 + 4)
+    assert forked is not None and forked.task_options is None, "a fork is a new workflow with no canvas"
+
+    store.cancel("opt", T0 + 5)
+    resumed, _ = store.resume("opt", store.get_workflow("opt").ticket, None, T0 + 6)
+    assert resumed is not None and resumed.task_options == options
+    assert store.get_workflow("opt").task_options == options

@@ -54,6 +54,7 @@ class Workflow(models.Model):
     trace_context = models.TextField(null=True)
     awaited = models.IntegerField(null=True)  # child workflows (children.py): the parent's join step
     awaiting = models.IntegerField(null=True)  # ... and on the parent, awaited children not finished
+    task_options = models.TextField(null=True)  # the start message's Celery canvas, fired at the finish
 
     class Meta:
         managed = False
