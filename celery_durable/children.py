@@ -147,7 +147,7 @@ def join(
         if isinstance(result, Exception):
             raise result
         if isinstance(result, Suspended):
-            raise core.Suspend(result.dispatch)
+            raise core.Suspend(result.dispatch, {"wait": "children", "step": step_id, "children": list(ids), "timeout": timeout})
         output = None
         if not result.timed_out:
             output = json.dumps(

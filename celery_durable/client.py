@@ -56,6 +56,11 @@ class Client:
         """Publish the task message *dispatch* describes."""
         raise NotImplementedError
 
+    def _outcome_reporter(self) -> Callable[[core.Outcome], None] | None:
+        """What the engine calls with each execution's outcome before releasing its lock (a task system's
+        report of it; see ``Engine.on_outcome``); None: nothing."""
+        return None
+
     # -- store, engine and operations (opened lazily) ------------------------------------------------
     @property
     def store(self) -> Store:
@@ -78,7 +83,7 @@ class Client:
         if self._engine is None:
             self._engine = core.Engine(
                 self.store, self.serializer, self.config, self._publish, passthrough=self.passthrough,
-                observers=self.observers,
+                observers=self.observers, on_outcome=self._outcome_reporter(),
             )
         return self._engine
 

@@ -121,6 +121,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         observers: Observers | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.store = store
         self.serializer = serializer
@@ -130,6 +131,10 @@ class Engine:
         self.clock = clock
         self.sleep = sleep  # only for pauses of at most retries.IN_PLACE_LIMIT seconds
         self.observers = observers if observers is not None else Observers()  # see hooks.py
+        #: Called with each execution's outcome before its lock is released (a wait's lock is still
+        #: held then), so what the task system reports of it (a task state) cannot overtake what the
+        #: next execution of the workflow reports. It must not raise; an error is logged.
+        self.on_outcome = on_outcome
 
     # -- helpers shared with the public API ----------------------------------------------------
     def encode_payload(self, value: Any, what: str) -> str:
@@ -179,9 +184,15 @@ class Engine:
                 run = functools.partial(self._execute_locked, lease, execution, name, fn)
                 outcome = self.observers.execution(execution.workflow, run) if self.observers else run()  # observer hook
                 if not isinstance(outcome, _Continued):
-                    return outcome
+                    break
                 # continue_as_new committed: the new run starts here, under the same lock.
                 execution = outcome.execution
+            if self.on_outcome is not None:
+                try:
+                    self.on_outcome(outcome)
+                except Exception:
+                    log.warning("reporting the outcome of %s failed", workflow_id, exc_info=True)
+            return outcome
         finally:
             self.store.release(lease)
 
@@ -207,12 +218,14 @@ class Engine:
                     f"workflow {record.workflow_id!r} returned a value that cannot be stored: {exc}"
                 ) from None
         except Suspend as suspend:
-            return Waiting(suspend.dispatch)
+            return Waiting(suspend.dispatch, suspend.wait)
         except _ContinueAsNew as cont:
             return self._continue_as_new(lease, record, cont.inputs)
         except _TimedOut as stop:
             log.warning("workflow %s stopped: %s", record.workflow_id, stop.error)
-            outcome = self._finish(lease, WorkflowStatus.CANCELLED, None, encode_error(stop.error), Cancelled(stop.error))
+            outcome = self._finish(
+                lease, WorkflowStatus.CANCELLED, None, encode_error(stop.error), Cancelled(stop.error, record)
+            )
             # Hook (children): stop its unfinished children too. Best effort: they inherited this
             # deadline at start (children.py), so each stops by itself if this is lost.
             try:
@@ -223,29 +236,29 @@ class Engine:
         except ChildWorkflowCancelled as exc:  # hook (children): a child's cancel is an error of this body, not its cancel
             if ctx.store_error is not None:
                 return Interrupted(ctx.store_error)
-            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(exc), Failed(exc))
+            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(exc), Failed(exc, record))
         except (_Cancelled, WorkflowCancelled):
-            return Cancelled()
+            return Cancelled(None, record)
         except self.passthrough as exc:
             return Interrupted(exc)
         except Exception as exc:
             if ctx.store_error is not None:
                 return Interrupted(ctx.store_error)
-            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(exc), Failed(exc))
+            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(exc), Failed(exc, record))
         finally:
             _CURRENT.reset(token)
-        return self._finish(lease, WorkflowStatus.SUCCESS, output, None, Finished(value))
+        return self._finish(lease, WorkflowStatus.SUCCESS, output, None, Finished(value, record))
 
     def _continue_as_new(self, lease: Lease, record: WorkflowRecord, inputs: str) -> Outcome:
         try:
             new = self.store.continue_as_new(lease, inputs, self.clock())
         except WorkflowCancelled:
-            return Cancelled()
+            return Cancelled(None, record)
         except Exception as exc:
             if self.store.is_transient(exc) or isinstance(exc, DurableError):
                 return Interrupted(exc)
             rejected = _rejected(exc, "the inputs of continue_as_new", record.workflow_id)
-            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected))
+            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected, record))
         return _Continued(Execution(new, {}))
 
     def _finish(
@@ -260,7 +273,8 @@ class Engine:
                 return Refused(exc)
             # The output itself was refused (a custom serializer's text): record that as the error.
             rejected = _rejected(exc, "the workflow's output", lease.workflow_id)
-            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected))
+            record = outcome.workflow if isinstance(outcome, Finished) else None
+            return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected, record))
         if wakeups:  # hook (children): a parent waiting for this workflow
             self.publish_all(wakeups)
         return outcome
@@ -417,7 +431,7 @@ class WorkflowContext:
             lambda: engine.store.wait_retry(self.lease, step_id, name, until, now, engine.config.horizon),
             f"the retry pause of step {name!r}",
         )
-        raise Suspend(result.dispatch)
+        raise Suspend(result.dispatch, {"wait": "retry", "step": step_id, "name": name, "until": until})
 
     def _wait(
         self, name: str, kind: str, topics: tuple[str, ...], target: str | None, timeout: float | None
@@ -445,7 +459,10 @@ class WorkflowContext:
                     return taken
                 result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
                 if isinstance(result, Suspended):
-                    raise Suspend(result.dispatch)
+                    wait: dict[str, Any] = {"wait": kind, "step": step_id, "topics": list(topics), "timeout": timeout}
+                    if target is not None:
+                        wait["workflow_id"] = target
+                    raise Suspend(result.dispatch, wait)
                 return result
 
             recorded = engine.observers.wait(self, request, wait) if engine.observers else wait()  # observer hook

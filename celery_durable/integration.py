@@ -25,14 +25,14 @@ from typing import Any, NoReturn, TypeVar, overload
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
-from celery.result import AsyncResult
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import task_revoked, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
+from . import celery_results as results
 from . import children, core, hooks, versioning
 from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
-from .errors import ConfigurationError, DurableError, InvalidArgument, SerializationError
+from .errors import ConfigurationError, DurableError, InvalidArgument, SerializationError, WorkflowNotFound
 from .handle import WorkflowHandle
 from .retries import RetryPolicy
 from .store import Dispatch, Store, WorkflowStatus
@@ -54,6 +54,8 @@ _CONTROL_FLOW = (Retry, Ignore, Reject)
 # Set while this package publishes one of its own messages through a task's apply_async (Celery's
 # retry does): a user's call can never set it, whatever its arguments are called.
 _INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("celery_durable_internal", default=False)
+# The workflow task whose execution runs in this thread (for Durable._report, the engine's on_outcome).
+_RUNNING_TASK: contextvars.ContextVar[Task | None] = contextvars.ContextVar("celery_durable_task", default=None)
 
 
 @contextlib.contextmanager
@@ -99,7 +101,12 @@ class WorkflowTask(Task):
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
-    ) -> AsyncResult:
+    ) -> Any:
+        """Start the workflow (*task_id* is its workflow id) and return its :class:`~celery_durable.celery_results.WorkflowResult`.
+
+        Canvas options (``link``, ``link_error``, a chain or chord it is part of) take effect when the
+        workflow finishes. Under ``task_always_eager`` it runs in-process until it finishes or waits.
+        """
         if _INTERNAL.get():  # a message of ours (Celery's retry of it): publish as is
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         args, kwargs = v.check_call(args, kwargs)
@@ -148,11 +155,13 @@ class Durable(children.ChildrenAPI, Client):
         self._step_workflow = self.workflow(name=f"celery_durable.{self.config.table_prefix}map_step")(self._map_step)
         grace = self.config.timer_grace
         self._timers = DeferredTimers(grace, self._still_waiting, self._publish) if grace > 0 else None
+        self._eager = results.EagerRunner(self._apply_eagerly)  # task_always_eager (see EagerRunner)
         worker_process_init.connect(self._after_fork, weak=False)
         worker_process_shutdown.connect(self._flush_timers, weak=False)
         worker_ready.connect(self._on_worker_ready, weak=False)
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
         _REGISTRY.setdefault(app, weakref.WeakSet()).add(self)
+        _install_revoke_hook()
 
     @classmethod
     def of(cls, app: Celery, table_prefix: str | None = None) -> Durable:
@@ -291,8 +300,12 @@ class Durable(children.ChildrenAPI, Client):
         options: dict[str, Any],
         *,
         timeout: float | None = None,
-    ) -> AsyncResult:
+    ) -> results.WorkflowResult:
         queue = v.check_queue(options.get("queue") or getattr(task, "queue", None) or self.config.queue)
+        options = dict(options)
+        # The canvas fires when the workflow finishes, from the execution that finishes it: stored
+        # with the workflow, never carried by its messages (celery_results.py).
+        canvas = results.take_canvas(options)
         record, created = self.management.create(
             task.name,
             args,
@@ -302,54 +315,70 @@ class Durable(children.ChildrenAPI, Client):
             timeout=timeout if timeout is not None else getattr(task, "durable_timeout", None),
             version=self.version,
             parent_id=None,
+            task_options=canvas,
         )
         workflow_id = record.workflow_id
+        result = results.WorkflowResult(workflow_id, self, app=self.app, backend=task.backend)
         if not created:
-            return AsyncResult(workflow_id, app=self.app)
+            return result
+        if self.app.conf.task_always_eager:
+            self._eager.run(Dispatch(workflow_id, record.name, record.queue, record.ticket))
+            return result
         options.setdefault("argsrepr", repr(args))
         options.setdefault("kwargsrepr", repr(kwargs))
         if queue is not None:
             options["queue"] = queue
         options["headers"] = {**(options.get("headers") or {}), MESSAGE_HEADER: 1}
         # Created but not published (broker down): the row is PENDING and the sweep publishes it.
-        return Task.apply_async(task, (), {TICKET_KW: record.ticket}, task_id=workflow_id, **options)
+        Task.apply_async(task, (), {TICKET_KW: record.ticket}, task_id=workflow_id, **options)
+        return result
 
     def _run(self, task: Task, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run one workflow task message.
+        """Run one workflow task message; what Celery records of it is what a Celery user expects.
 
-        Outcomes other than a verdict end the task by *returning* (Celery sees a success with
-        ``None``; the workflow's state is in the store): Celery keeps every ``Ignore``/``Retry``
-        exception's traceback and frames alive as cyclic garbage, which cost a worker child about
-        100 MB for a few hundred waits. Retries use ``task.retry(throw=False)``: the same Celery
-        retry message with a countdown, without the exception.
+        Only a verdict ends the Celery task as a verdict: the finish returns the workflow's value
+        (SUCCESS, its canvas fired) or raises its error (FAILURE). Every other outcome ends it with
+        ``Ignore``: no result is stored, no link fires and no success event is sent for a workflow
+        that only waits (a wait's ``WAITING`` state is stored under the lock, see ``_report``).
+        Retries use ``task.retry(throw=False)``: the same Celery retry message with a countdown.
         """
-        workflow_id = task.request.id
-        if _our_message(task.request):
+        request = task.request
+        workflow_id = request.id
+        if _our_message(request):
             ticket, busy = kwargs.get(TICKET_KW), kwargs.get(BUSY_KW, 0)
             if type(ticket) is not int or type(busy) is not int:
                 log.error("dropping a %s message for %r with a malformed ticket %r", task.name, workflow_id, ticket)
-                return None
+                raise Ignore()
         else:
             # A message sent without our apply_async (app.send_task by name, a canvas): start from it.
             started = self._start_from_message(task, fn, args, kwargs)
             if started is None:
-                return None
+                raise Ignore()
             ticket, fn = started
             busy = 0
-        outcome = self.engine.execute(workflow_id, ticket, task.name, fn)
+        results.strip_canvas(request)  # restored from the store by the execution that finishes
+        token = _RUNNING_TASK.set(task)
+        try:
+            outcome = self.engine.execute(workflow_id, ticket, task.name, fn)
+        finally:
+            _RUNNING_TASK.reset(token)
         if isinstance(outcome, core.Finished):
+            results.restore_canvas(request, outcome.workflow)
             return outcome.value
         if isinstance(outcome, core.Failed):
+            results.restore_canvas(request, outcome.workflow)
             raise outcome.error
         if isinstance(outcome, core.Waiting):
             timer = outcome.dispatch
-            if timer is not None and self._timers is not None and timer.countdown > self._timers.grace:
+            if timer is not None and request.is_eager:
+                self._eager.run(timer)
+            elif timer is not None and self._timers is not None and timer.countdown > self._timers.grace:
                 self._timers.defer(timer)  # published after the grace if it still waits (timers.py)
             elif timer is not None:
                 # The lock is already released, so a timer that fires at once finds the workflow free.
                 self._retry(task, {TICKET_KW: timer.ticket}, timer.countdown)
             # else: a far deadline; the sweep arms the timer when it comes within the horizon.
-            return None
+            raise Ignore()
         if isinstance(outcome, core.Interrupted) and isinstance(outcome.error, _CONTROL_FLOW):
             raise outcome.error
         if isinstance(outcome, (core.Busy, core.Interrupted)):
@@ -357,10 +386,27 @@ class Durable(children.ChildrenAPI, Client):
             # releasing its lock), or the store is unreachable: try again soon, then less often.
             if isinstance(outcome, core.Interrupted):
                 log.warning("workflow %s interrupted (%r); retrying", workflow_id, outcome.error)
-            self._retry(task, {TICKET_KW: ticket, BUSY_KW: busy + 1}, self._backoff(busy))
+            if request.is_eager:
+                self._eager.run(Dispatch(workflow_id, task.name, None, ticket, self._backoff(busy)))
+            else:
+                self._retry(task, {TICKET_KW: ticket, BUSY_KW: busy + 1}, self._backoff(busy))
         if isinstance(outcome, core.Refused):
             log.error("workflow %s: the database refused it for good (%r); dropping the message", workflow_id, outcome.error)
-        return None  # Stale, Cancelled or Refused: nothing to do, nothing to schedule
+        raise Ignore()  # Stale, Cancelled (reported by _report) or Refused: nothing to do, nothing to schedule
+
+    def _report(self, outcome: core.Outcome) -> None:
+        """The engine's ``on_outcome``: store the Celery state of a wait (and of a timeout's cancel) while
+        the workflow's lock is still held, so the next execution's report always comes after it."""
+        task = _RUNNING_TASK.get()
+        if task is None or not results.stores_results(task):
+            return
+        if isinstance(outcome, core.Waiting):
+            results.report_waiting(task, task.request.id, outcome.wait)
+        elif isinstance(outcome, core.Cancelled) and outcome.reason is not None:
+            # Stopped by its own deadline in this execution. A user's cancel was reported by the canceller.
+            results.restore_canvas(task.request, outcome.workflow)
+            results.report_revoked(task, task.request.id, str(outcome.reason))
+            results.strip_canvas(task.request)
 
     def _backoff(self, busy: int) -> float:
         return min(self.config.busy_backoff * 2 ** min(busy, 64), self.config.horizon, 60.0)
@@ -400,6 +446,7 @@ class Durable(children.ChildrenAPI, Client):
             timeout=getattr(task, "durable_timeout", None),
             version=self.version,
             parent_id=None,
+            task_options=results.canvas_of_request(task.request),
         )
         refused: SerializationError | None = None
         try:
@@ -429,7 +476,63 @@ class Durable(children.ChildrenAPI, Client):
         return record.ticket, refuse
 
     def _publish(self, dispatch: Dispatch) -> None:
-        publish_dispatch(self.app, dispatch)
+        if self.app.conf.task_always_eager:
+            self._eager.run(dispatch)
+        else:
+            publish_dispatch(self.app, dispatch)
+
+    def _apply_eagerly(self, dispatch: Dispatch) -> None:
+        self.app.tasks[dispatch.name].apply(
+            kwargs={TICKET_KW: dispatch.ticket}, task_id=dispatch.workflow_id, headers={MESSAGE_HEADER: 1}
+        )
+
+    def _outcome_reporter(self) -> Callable[[core.Outcome], None] | None:
+        return self._report
+
+    # -- Celery's view of cancels and resumes ----------------------------------------------------------
+    def cancel(self, workflow_id: str) -> WorkflowStatus:
+        """Cancel a workflow that has not finished; return its status afterwards (see :meth:`Client.cancel`).
+
+        Celery sees it too: its result reads REVOKED (and counts as a finished part of a chord it
+        belongs to), as a revoked task does. A Celery revoke of the id (``AsyncResult(id).revoke()``,
+        ``celery control revoke``) comes here on the workers.
+        """
+        status, record = self.management.cancel_record(workflow_id)
+        if record is not None:  # this call cancelled it
+            self._report_cancel(record)
+        return status
+
+    def _report_cancel(self, record: Any) -> None:
+        task = self.app.tasks.get(record.name)
+        if task is None or not results.stores_results(task):
+            return
+        from celery.app.task import Context
+
+        request = Context(id=record.workflow_id, task=record.name)
+        results.restore_canvas(request, record)
+        try:
+            results.report_revoked(task, record.workflow_id, "cancelled")
+        except Exception:
+            log.warning("could not store REVOKED for cancelled workflow %s", record.workflow_id, exc_info=True)
+
+    def resume(self, workflow_id: str) -> WorkflowHandle:
+        """Run a CANCELLED or failed workflow again (see :meth:`Client.resume`); Celery's stored result of
+        it is forgotten, so ``AsyncResult(id)`` follows the resumed run."""
+        handle = super().resume(workflow_id)
+        task = self.app.tasks.get(handle.record().name)
+        if task is not None and results.stores_results(task):
+            task.backend.forget(workflow_id)
+        return handle
+
+    def _cancel_revoked(self, task_ids: Sequence[str]) -> None:
+        """A Celery revoke of *task_ids* reached this worker: cancel those that are workflows."""
+        for task_id in task_ids:
+            try:
+                self.cancel(task_id)
+            except (WorkflowNotFound, InvalidArgument):
+                continue  # not a workflow of ours
+            except Exception:
+                log.warning("could not cancel revoked workflow %s", task_id, exc_info=True)
 
     def _map_step(self, step_name: str, item: Any) -> Any:
         """The body of the child workflows ``map`` starts for a step: run that step once, as a step."""
@@ -547,6 +650,20 @@ class Durable(children.ChildrenAPI, Client):
                 log.warning("celery_durable sweep failed; will try again", exc_info=True)
             if interval is None or self._stop.wait(interval):
                 return
+
+
+def _install_revoke_hook() -> None:
+    results.install_revoke_hook(lambda app: list(_REGISTRY.get(app, ())))
+
+
+@task_revoked.connect(weak=False)
+def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """A worker discarded a message of a revoked id (say it learnt of the revoke from its state file):
+    cancel the workflow too."""
+    task_id = getattr(request, "id", None)
+    durable = getattr(sender, "durable", None)
+    if isinstance(durable, Durable) and isinstance(task_id, str):
+        durable._cancel_revoked([task_id])
 
 
 # Each app's Durables, for Durable.of (the `celery durable` command finds them there).

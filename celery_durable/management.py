@@ -45,11 +45,13 @@ class Management:
         timeout: float | None,
         version: str | None,
         parent_id: str | None,
+        task_options: str | None = None,
     ) -> tuple[WorkflowRecord, bool]:
         """Store a new PENDING workflow (or find it: the id is an idempotency key); return it and whether it is new.
 
         Every start goes through here; the caller publishes the first task message of a new one.
-        *timeout* fixes the workflow's own deadline at ``now + timeout``.
+        *timeout* fixes the workflow's own deadline at ``now + timeout``; *task_options* is the task
+        system's opaque text, given back with the record (Celery: the start's canvas).
         """
         core.check_id(name, "workflow name")
         workflow_id = core.check_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
@@ -70,6 +72,7 @@ class Management:
             parent_id=parent_id,
             timeout_at=None if seconds is None else now + seconds,
             trace_context=engine.observers.start_context(name, workflow_id) if engine.observers else None,  # observer hook
+            task_options=task_options,
         )
         if not created and record.name != name:
             raise WorkflowConflict(
@@ -202,12 +205,19 @@ class Management:
 
     # -- changing workflows ---------------------------------------------------------------------------------
     def cancel(self, workflow_id: str) -> WorkflowStatus:
+        return self.cancel_record(workflow_id)[0]
+
+    def cancel_record(self, workflow_id: str) -> tuple[WorkflowStatus, WorkflowRecord | None]:
+        """Cancel; return the status afterwards and, when this call is the one that cancelled it, the record."""
         # The cascade to its children and the wake-up of a parent waiting on it: children.py.
-        record, wakeups = self.store.cancel_tree(core.check_id(workflow_id), self.engine.clock())
+        now = self.engine.clock()
+        record, wakeups = self.store.cancel_tree(core.check_id(workflow_id), now)
         if record is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
         self.engine.publish_all(wakeups)
-        return record.status
+        # The cancel that changed the row stamped it with its own clock reading (cancel_tree).
+        ours = record.status == WorkflowStatus.CANCELLED and record.updated_at == now
+        return record.status, record if ours else None
 
     def resume(self, workflow_id: str) -> WorkflowRecord:
         """Put an ERROR or CANCELLED workflow back to work (see ``Durable.resume``); return its record after."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import WorkflowCancelled, WorkflowTimedOut
-from .store import Dispatch, Execution
+from .store import Dispatch, Execution, WorkflowRecord
 
 
 class _Missing:
@@ -25,9 +25,10 @@ TIMED_OUT: Any = _Missing()
 class Suspend(BaseException):
     """Unwinds a workflow body that must wait. A BaseException so ``except Exception`` in user code cannot swallow it."""
 
-    def __init__(self, dispatch: Dispatch | None) -> None:
+    def __init__(self, dispatch: Dispatch | None, wait: dict[str, Any] | None = None) -> None:
         super().__init__("workflow suspended")
         self.dispatch = dispatch
+        self.wait = wait  # what it waits for, for the task system to report (see Waiting.wait)
 
 
 class _Cancelled(BaseException):
@@ -58,16 +59,20 @@ class Outcome:
 @dataclass
 class Finished(Outcome):
     value: Any
+    workflow: WorkflowRecord | None = None  # the record as this execution claimed it (its task_options)
 
 
 @dataclass
 class Failed(Outcome):
     error: BaseException
+    workflow: WorkflowRecord | None = None
 
 
 @dataclass
 class Waiting(Outcome):
     dispatch: Dispatch | None  # the timer to publish, or None: the sweep arms it later
+    #: What it waits for: ``{"wait": "recv"|"event"|"sleep"|"retry"|"children", "step": n, ...}``.
+    wait: dict[str, Any] | None = None
 
 
 @dataclass
@@ -110,3 +115,4 @@ class Cancelled(Outcome):
     """The workflow was cancelled; *reason* says why when it was not a user's cancel (a timeout)."""
 
     reason: WorkflowCancelled | None = None
+    workflow: WorkflowRecord | None = None
