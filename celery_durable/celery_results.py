@@ -131,6 +131,16 @@ def report_revoked(task: Task, workflow_id: str, reason: str) -> None:
     task.backend.mark_as_revoked(workflow_id, reason, request=task.request)
 
 
+def restate(task: Task, client: Client, workflow_id: str) -> None:
+    """Store again what the workflow's record says, after Celery's ``task_track_started`` wrote STARTED
+    for a message that turned out to have nothing to run (a duplicate, a stale timer, a busy workflow)."""
+    record = client.store.get_workflow(workflow_id)
+    if record is None or record.status in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING):
+        return
+    meta = _meta(client, record)
+    task.backend.store_result(workflow_id, meta["result"], meta["status"], request=task.request)
+
+
 def celery_state(record: WorkflowRecord) -> str:
     """The Celery state a stored workflow reads as."""
     return _STATES[record.status]

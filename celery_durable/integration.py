@@ -392,6 +392,8 @@ class Durable(children.ChildrenAPI, Client):
                 self._retry(task, {TICKET_KW: ticket, BUSY_KW: busy + 1}, self._backoff(busy))
         if isinstance(outcome, core.Refused):
             log.error("workflow %s: the database refused it for good (%r); dropping the message", workflow_id, outcome.error)
+        elif isinstance(outcome, (core.Busy, core.Stale)) and task.track_started and results.stores_results(task):
+            results.restate(task, self, workflow_id)  # Celery wrote STARTED for a message with nothing to run
         raise Ignore()  # Stale, Cancelled (reported by _report) or Refused: nothing to do, nothing to schedule
 
     def _report(self, outcome: core.Outcome) -> None:

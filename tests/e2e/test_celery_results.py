@@ -196,3 +196,42 @@ def test_canvas_continues_only_when_the_workflow_finishes(app_and_worker: tuple[
     assert len(marks("summarize")) == 1
     time.sleep(1)
     assert len(marks("link")) == 1 and len(marks("errback")) == 1 and len(marks("chain")) == 1, "each fired once"
+
+
+@pytest.fixture
+def tracking(e2e_env: dict[str, str]) -> Iterator[Any]:
+    env = {**e2e_env, "CD_RESULT_BACKEND": backend_url("redis", ""), "CD_TRACK_STARTED": "1"}
+    module = load(env)
+    worker = Worker(env, app="tests.apps.resultapp").start()
+    try:
+        yield module, worker
+    finally:
+        worker.stop()
+        module.durable.close()
+
+
+def test_task_track_started_never_hides_a_wait_or_a_verdict(tracking: tuple[Any, Worker]) -> None:
+    """With ``task_track_started`` Celery stores STARTED when any message of the id begins, even one that
+    turns out to have nothing to run (a stale duplicate): the state is put back from the store."""
+    from celery_durable.integration import publish_dispatch
+    from celery_durable.store import Dispatch
+
+    module, worker = tracking
+
+    def stale_duplicate(workflow_id: str, ignored_before: int) -> None:
+        """Publish a stale duplicate of the workflow's first message (ticket 0); wait until it was ignored."""
+        publish_dispatch(module.app, Dispatch(workflow_id, module.pay.name, None, 0))
+        wait_for(lambda: worker.output().count(f"[{workflow_id}] ignored") > ignored_before, what="the duplicate")
+
+    waiting = module.pay.delay("t-1")
+    wait_for(lambda: module.durable.handle(waiting.id).status() == WorkflowStatus.WAITING, what="the wait")
+    wait_for(lambda: state_of(module, waiting.id) == "WAITING", what="WAITING over STARTED")
+    stale_duplicate(waiting.id, 1)
+    assert state_of(module, waiting.id) == "WAITING"
+
+    module.durable.send(waiting.id, "decline", topic="paid")
+    wait_for(lambda: state_of(module, waiting.id) == "FAILURE", what="the failure")
+    stale_duplicate(waiting.id, 2)
+    assert state_of(module, waiting.id) == "FAILURE"
+    with pytest.raises(Exception, match="payment of t-1 declined"):
+        AsyncResult(waiting.id, app=module.app).get(timeout=5)
