@@ -28,9 +28,11 @@ Fixtures:
 Helpers: :func:`wait_until_waiting`, :func:`wait_for_status`, :func:`run_workflow`; send a message
 with ``durable.send(...)`` as in production.
 
-Eager mode (``task_always_eager``) cannot run durable workflows: a wait leaves the worker through a
-Celery retry with a countdown, and eager mode runs a retry at once, ignoring the countdown, so a
-waiting workflow would spin. The plugin turns eager mode off for its tests; use the worker fixture.
+Eager mode (``task_always_eager``) runs workflows in-process: a start runs the workflow until it
+finishes or waits, ``durable.send`` runs the woken workflow before it returns, and a timer fires
+when ``DurableClock(durable).advance(seconds)`` skips to it. That suits a project whose tests
+already run Celery eagerly; the plugin's fixtures turn eager mode off and run a real worker, which
+exercises what production does (task messages, countdowns, several executions of one workflow).
 
 The plugin is loaded by every pytest run of a project that installs the package (a ``pytest11``
 entry point), so this module imports nothing but pytest and the standard library, and changes
@@ -69,7 +71,7 @@ TEST_CELERY_CONFIG: dict[str, Any] = {
     # The empty in-memory queue is polled: 1 s by default would add up to a second per wake-up.
     "broker_transport_options": {"polling_interval": 0.01},
     "result_backend": "cache+memory://",
-    "task_always_eager": False,  # see the module's docstring
+    "task_always_eager": False,  # a real worker, as in production (see the module's docstring)
     "worker_hijack_root_logger": False,
 }
 
