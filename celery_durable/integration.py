@@ -378,6 +378,9 @@ class Durable(children.ChildrenAPI, Client):
                 # The lock is already released, so a timer that fires at once finds the workflow free.
                 self._retry(task, {TICKET_KW: timer.ticket}, timer.countdown)
             # else: a far deadline; the sweep arms the timer when it comes within the horizon.
+            if task.app.conf.worker_send_task_events and not request.is_eager:
+                # Monitors (Flower) show a custom event type as a state: WAITING, not the task's last STARTED.
+                task.send_event("task-waiting", **(outcome.wait or {}))
             raise Ignore()
         if isinstance(outcome, core.Interrupted) and isinstance(outcome.error, _CONTROL_FLOW):
             raise outcome.error

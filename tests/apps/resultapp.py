@@ -24,6 +24,7 @@ app.conf.update(
     result_backend=os.environ.get("CD_RESULT_BACKEND") or None,
     task_track_started=os.environ.get("CD_TRACK_STARTED") == "1",
     result_extended=True,
+    worker_send_task_events=os.environ.get("CD_EVENTS") == "1",
 )
 durable = Durable(
     app,

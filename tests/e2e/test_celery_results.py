@@ -235,3 +235,45 @@ def test_task_track_started_never_hides_a_wait_or_a_verdict(tracking: tuple[Any,
     assert state_of(module, waiting.id) == "FAILURE"
     with pytest.raises(Exception, match="payment of t-1 declined"):
         AsyncResult(waiting.id, app=module.app).get(timeout=5)
+
+
+def test_monitors_see_a_waiting_workflow_as_waiting(e2e_env: dict[str, str]) -> None:
+    """With task events on (``-E``, what Flower reads), a wait sends ``task-waiting`` and no ``task-succeeded``;
+    the finish sends ``task-succeeded``. Read with Celery's own event receiver, as Flower does."""
+    import threading
+
+    env = {**e2e_env, "CD_EVENTS": "1"}
+    module = load(env)
+    events: list[dict[str, Any]] = []
+
+    receivers: list[Any] = []
+
+    def receive() -> None:
+        with module.app.connection_for_read() as conn:
+            receiver = module.app.events.Receiver(conn, handlers={"*": events.append})
+            receivers.append(receiver)
+            receiver.capture(limit=None, timeout=None, wakeup=True)  # until should_stop
+
+    listener = threading.Thread(target=receive, daemon=True)
+    listener.start()
+    time.sleep(1)
+    worker = Worker(env, app="tests.apps.resultapp").start()
+    try:
+        result = module.pay.delay("e-1")
+        wait_for(lambda: module.durable.handle(result.id).status() == WorkflowStatus.WAITING, what="the wait")
+
+        def of(kind: str) -> list[dict[str, Any]]:
+            return [e for e in events if e.get("type") == kind and e.get("uuid") == result.id]
+
+        wait_for(lambda: of("task-waiting"), what="a task-waiting event")
+        assert of("task-waiting")[0]["wait"] == "recv" and of("task-waiting")[0]["topics"] == ["paid"]
+        assert of("task-succeeded") == [], "a wait is not a success"
+        module.durable.send(result.id, "paid", topic="paid")
+        wait_for(lambda: of("task-succeeded"), what="the finish's task-succeeded event")
+        assert len(of("task-succeeded")) == 1
+    finally:
+        for receiver in receivers:
+            receiver.should_stop = True
+        worker.stop()
+        listener.join(timeout=5)
+        module.durable.close()
