@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeVar, overload
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
-from celery.signals import task_revoked, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import task_postrun, task_revoked, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from . import celery_results as results
 from . import children, core, hooks, versioning
@@ -669,6 +669,19 @@ def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     durable = getattr(sender, "durable", None)
     if isinstance(durable, Durable) and isinstance(task_id, str):
         durable._cancel_revoked([task_id])
+
+
+@task_postrun.connect(weak=False)
+def _drop_ignore_traceback(sender: Any = None, retval: Any = None, **_: Any) -> None:
+    """Free what a workflow task that ended with ``Ignore`` (a wait) leaves behind, now.
+
+    Celery's tracer keeps the exception in locals of its own frame, which the exception's traceback
+    references: a reference cycle of about 150 kB (frames, Celery's exception info) that only a full
+    garbage collection frees. Measured on a prefork child: +148 kB per wait, 1,000 waits took it
+    from 129 to 274 MB. Dropping the traceback here breaks the cycle, so it is freed at once.
+    """
+    if isinstance(retval, Ignore) and isinstance(sender, WorkflowTask):
+        retval.__traceback__ = None
 
 
 # Each app's Durables, for Durable.of (the `celery durable` command finds them there).
