@@ -25,7 +25,14 @@ from typing import Any, NoReturn, TypeVar, overload
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
-from celery.signals import task_postrun, task_revoked, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import (
+    task_postrun,
+    task_revoked,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from . import celery_results as results
 from . import children, core, hooks, versioning
