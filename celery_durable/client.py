@@ -47,6 +47,7 @@ class Client:
         self.database_url = database_url or os.environ.get(ENV_URL) or DEFAULT_URL
         self.serializer = get_serializer(config.serializer)
         self._store = store
+        self._given_store = store is not None
         self._store_lock = threading.Lock()
         self._engine: core.Engine | None = None
         self._management: Management | None = None
@@ -65,13 +66,30 @@ class Client:
                     store = open_store(
                         self.database_url,
                         self.config.table_prefix,
-                        self.config.engine_options,
+                        self._engine_options(),
                         durability=self.config.durability,
                     )
                     if self.config.auto_migrate:
                         store.migrate()
                     self._store = store
         return self._store
+
+    def _engine_options(self) -> dict[str, Any]:
+        """Keyword arguments for the store's ``sqlalchemy.create_engine`` (a worker adds pool sizing)."""
+        return dict(self.config.engine_options)
+
+    @property
+    def store_location(self) -> str:
+        """Where the workflows are stored: the SQLite file's absolute path, or the URL without its password."""
+        import sqlalchemy as sa
+
+        try:
+            url = sa.make_url(self.database_url)
+        except Exception:
+            return self.database_url
+        if url.get_backend_name() == "sqlite" and url.database:
+            return os.path.abspath(url.database)
+        return url.render_as_string(hide_password=True)
 
     @property
     def engine(self) -> core.Engine:
