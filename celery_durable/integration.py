@@ -108,9 +108,10 @@ class WorkflowTask(Task):
 class Durable(children.ChildrenAPI, Client):
     """Durable workflows for a Celery app.
 
-    ``Durable(app)`` stores workflows in an SQLite file (``celery_durable.sqlite3`` in the
-    working directory) unless ``database_url`` or the ``CELERY_DURABLE_DATABASE_URL``
-    environment variable names another database. Keyword options are the fields of
+    ``Durable(app)`` stores workflows in an SQLite file, ``celery_durable.sqlite3`` next to the
+    module that creates the Durable (whatever the working directory; see
+    :func:`~celery_durable.client.default_database_url`), unless ``database_url`` or the
+    ``CELERY_DURABLE_DATABASE_URL`` environment variable names another database. Keyword options are the fields of
     :class:`~celery_durable.config.DurableConfig`. Everything a producer or an operator calls
     (send, handles, listings, resume, fork, prune...) comes from :class:`~celery_durable.client.Client`.
 
