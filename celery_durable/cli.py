@@ -28,10 +28,11 @@ import click
 from celery.bin.base import CeleryCommand
 from click.core import ParameterSource
 
-from .client import DEFAULT_URL, ENV_URL, Client, DurableClient
+from .client import ENV_URL, Client, DurableClient
 from .errors import DurableError
 from .store import StepRecord, WorkflowRecord, WorkflowStatus
 from .store.records import error_summary
+from .store.schema import LATEST_VERSION
 
 F = TypeVar("F", bound=Callable[..., Any])
 _SESSION = "celery_durable.cli"
@@ -90,12 +91,48 @@ class _Session:
                 return Durable.of(app, self.options.get("table_prefix"))
             except DurableError:
                 pass  # an app without a Durable: use the database options, as standalone
+        if not self.database_url:
+            raise UserError(
+                f"no store to open: pass --database-url URL or set ${ENV_URL} "
+                "(or run `celery -A proj durable ...` for an app with a Durable)"
+            )
+        creating = self.ctx.invoked_subcommand == "migrate"
+        if not creating:
+            _refuse_missing_sqlite_file(self.database_url)
         # Under `celery -A proj`, publish through that app (its routing applies) unless a broker is named.
         given_app = self.ctx.find_root().params.get("app") is not None
         celery_app = app if given_app and self.broker_url is None else None
-        client = DurableClient(self.database_url or DEFAULT_URL, self.broker_url, celery_app=celery_app, **self.options)
+        options = self.options if creating else {**self.options, "auto_migrate": False}
+        client = DurableClient(self.database_url, self.broker_url, celery_app=celery_app, **options)
         self.ctx.call_on_close(client.close)
+        if not creating:
+            # A read or an operation never creates the tables: an empty database is a wrong URL or prefix.
+            version = client.store.schema_version()
+            if version == 0:
+                raise UserError(
+                    f"no workflows in {client.store_location}: it has no celery_durable tables with prefix "
+                    f"{client.config.table_prefix!r} (check --database-url and --prefix, or run `migrate` first)"
+                )
+            if version < LATEST_VERSION:
+                client.migrate()  # an older schema is upgraded, as a Durable does
         return client
+
+
+def _refuse_missing_sqlite_file(url: str) -> None:
+    """SQLite creates a file it is asked to open: a command that only reads or operates must not."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.make_url(url)
+    except Exception:
+        return  # open_store says what is wrong with it
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        path = Path(parsed.database).resolve()
+        if not path.exists():
+            raise UserError(
+                f"no SQLite store at {path} (nothing was created): check --database-url / ${ENV_URL}, "
+                "or create it with `celery-durable --database-url URL migrate`"
+            )
 
 
 def _session(ctx: click.Context) -> _Session:
@@ -245,7 +282,7 @@ _STEP_HEADERS = ("STEP", "KIND", "NAME", "STARTED (UTC)", "TOOK", "RESULT")
 @click.option(
     "--database-url",
     envvar=ENV_URL,
-    help=f"the store (default: the app's Durable, else ${ENV_URL}, else {DEFAULT_URL})",
+    help=f"the store (default: the app's Durable under `celery -A proj`, else ${ENV_URL}; required otherwise)",
 )
 @click.option(
     "--broker-url",

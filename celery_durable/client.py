@@ -13,6 +13,7 @@ resumed or forked workflow is left PENDING for the sweep, which each worker runs
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,30 @@ from .validation import Duration, When
 if TYPE_CHECKING:
     from celery import Celery
 
+#: The default store, relative to the directory of the module that creates the Durable (see default_database_url).
 DEFAULT_URL = "sqlite:///celery_durable.sqlite3"
 ENV_URL = "CELERY_DURABLE_DATABASE_URL"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def default_database_url() -> str:
+    """The store used when no URL is given and ``$CELERY_DURABLE_DATABASE_URL`` is unset.
+
+    The SQLite file ``celery_durable.sqlite3`` in the directory of the module whose code creates the
+    ``Durable`` (or client): a worker, beat and a script of one project then agree on one file
+    whatever directory each was started from. Code with no file (an interactive session,
+    ``python -c``) uses the working directory. The path returned is absolute.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        inside = os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+        if not inside:
+            if filename.startswith("<") or not os.path.exists(filename):
+                break  # no file: <stdin>, <string>, a REPL
+            return f"sqlite:///{os.path.join(os.path.dirname(os.path.abspath(filename)), 'celery_durable.sqlite3')}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return f"sqlite:///{os.path.abspath('celery_durable.sqlite3')}"
 
 
 class Client:
@@ -44,9 +67,10 @@ class Client:
 
     def __init__(self, database_url: str | None, config: DurableConfig, store: Store | None = None) -> None:
         self.config = config
-        self.database_url = database_url or os.environ.get(ENV_URL) or DEFAULT_URL
+        self.database_url = database_url or os.environ.get(ENV_URL) or default_database_url()
         self.serializer = get_serializer(config.serializer)
         self._store = store
+        self._given_store = store is not None
         self._store_lock = threading.Lock()
         self._engine: core.Engine | None = None
         self._management: Management | None = None
@@ -70,13 +94,30 @@ class Client:
                     store = open_store(
                         self.database_url,
                         self.config.table_prefix,
-                        self.config.engine_options,
+                        self._engine_options(),
                         durability=self.config.durability,
                     )
                     if self.config.auto_migrate:
                         store.migrate()
                     self._store = store
         return self._store
+
+    def _engine_options(self) -> dict[str, Any]:
+        """Keyword arguments for the store's ``sqlalchemy.create_engine`` (a worker adds pool sizing)."""
+        return dict(self.config.engine_options)
+
+    @property
+    def store_location(self) -> str:
+        """Where the workflows are stored: the SQLite file's absolute path, or the URL without its password."""
+        import sqlalchemy as sa
+
+        try:
+            url = sa.make_url(self.database_url)
+        except Exception:
+            return self.database_url
+        if url.get_backend_name() == "sqlite" and url.database:
+            return os.path.abspath(url.database)
+        return url.render_as_string(hide_password=True)
 
     @property
     def engine(self) -> core.Engine:

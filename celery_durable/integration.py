@@ -18,21 +18,13 @@ import contextlib
 import contextvars
 import functools
 import logging
-import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar, overload
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
-from celery.signals import (
-    task_postrun,
-    task_revoked,
-    worker_process_init,
-    worker_process_shutdown,
-    worker_ready,
-    worker_shutdown,
-)
+from celery.signals import task_postrun, task_revoked
 
 from . import celery_results as results
 from . import children, core, hooks, versioning
@@ -44,6 +36,7 @@ from .handle import WorkflowHandle
 from .retries import RetryPolicy
 from .store import Dispatch, Store, WorkflowStatus
 from .timers import DeferredTimers
+from .worker import WorkerHooks
 
 log = logging.getLogger("celery_durable")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -123,9 +116,10 @@ class WorkflowTask(Task):
 class Durable(children.ChildrenAPI, Client):
     """Durable workflows for a Celery app.
 
-    ``Durable(app)`` stores workflows in an SQLite file (``celery_durable.sqlite3`` in the
-    working directory) unless ``database_url`` or the ``CELERY_DURABLE_DATABASE_URL``
-    environment variable names another database. Keyword options are the fields of
+    ``Durable(app)`` stores workflows in an SQLite file, ``celery_durable.sqlite3`` next to the
+    module that creates the Durable (whatever the working directory; see
+    :func:`~celery_durable.client.default_database_url`), unless ``database_url`` or the
+    ``CELERY_DURABLE_DATABASE_URL`` environment variable names another database. Keyword options are the fields of
     :class:`~celery_durable.config.DurableConfig`. Everything a producer or an operator calls
     (send, handles, listings, resume, fork, prune...) comes from :class:`~celery_durable.client.Client`.
 
@@ -151,22 +145,16 @@ class Durable(children.ChildrenAPI, Client):
         self._explicit_version = version
         self._version: str | None = None
         self._functions: list[tuple[str, Callable[..., Any]]] = []
-        self._sweeper: threading.Thread | None = None
-        self._stop = threading.Event()
         self._task_base = type("WorkflowTask", (WorkflowTask,), {"durable": self, "abstract": True})
-        self.recover_task = app.task(name=f"celery_durable.{self.config.table_prefix}recover", shared=False)(
-            self.recover
-        )
+        self.recover_task = self._recover_task()
         # Children (children.py): durable.map(step, items) runs each item as a child of this workflow.
         self._steps: dict[str, Callable[..., Any]] = {}
         self._step_workflow = self.workflow(name=f"celery_durable.{self.config.table_prefix}map_step")(self._map_step)
         grace = self.config.timer_grace
         self._timers = DeferredTimers(grace, self._still_waiting, self._publish) if grace > 0 else None
         self._eager = results.EagerRunner(self._apply_eagerly)  # task_always_eager (see EagerRunner)
-        worker_process_init.connect(self._after_fork, weak=False)
-        worker_process_shutdown.connect(self._flush_timers, weak=False)
-        worker_ready.connect(self._on_worker_ready, weak=False)
-        worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+        self._worker = WorkerHooks(self)  # pool sizing, queue check, sweep (worker.py)
+        self._worker.connect()
         _REGISTRY.setdefault(app, weakref.WeakSet()).add(self)
         _install_revoke_hook()
 
@@ -623,45 +611,56 @@ class Durable(children.ChildrenAPI, Client):
         return ctx.workflow_id if ctx is not None else None
 
     # -- recovery (recover() itself: Client) ---------------------------------------------------------------
+    def _recover_task(self) -> Task:
+        """Register the task beat runs: a plain function (a bound method would fail Celery's argument
+        check), on the workflows' queue so the workers that run workflows receive it."""
+        durable = self
+
+        def recover() -> int:
+            """Publish every workflow that should be moving but has no live message; return how many."""
+            return durable.recover()
+
+        options: dict[str, Any] = {"name": f"celery_durable.{self.config.table_prefix}recover", "shared": False}
+        if self.config.queue is not None:
+            options["queue"] = self.config.queue
+        task: Task = self.app.task(**options)(recover)
+        return task
+
     def beat_schedule(self, every: float = 60.0) -> dict[str, dict[str, Any]]:
-        """Entries for ``app.conf.beat_schedule``: ``app.conf.beat_schedule.update(durable.beat_schedule())``."""
-        return {
-            f"celery-durable-{self.config.table_prefix}recover": {"task": self.recover_task.name, "schedule": every}
-        }
+        """Entries for ``app.conf.beat_schedule``: ``app.conf.beat_schedule.update(durable.beat_schedule())``.
 
-    # -- worker signals ----------------------------------------------------------------------------------
-    def _after_fork(self, **_: Any) -> None:
-        if self._store is not None:
-            self._store.after_fork()
+        The recover task runs every *every* seconds, published to the workflows' queue (``queue``, else
+        the app's routing), so workers started with ``-Q`` that queue receive it.
+        """
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 < every < float("inf"):
+            raise InvalidArgument(f"every must be a positive number of seconds, got {every!r}")
+        entry: dict[str, Any] = {"task": self.recover_task.name, "schedule": float(every)}
+        queue = getattr(self.recover_task, "queue", None)
+        if queue:
+            entry["options"] = {"queue": queue}
+        return {f"celery-durable-{self.config.table_prefix}recover": entry}
 
-    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is not self.app:
+    # -- worker processes (the signal handlers: worker.py) ------------------------------------------------
+    def _engine_options(self) -> dict[str, Any]:
+        return {**self._worker.pool_defaults(), **self.config.engine_options}  # the user's options win
+
+    def _resize_pool(self, *, forked: bool) -> None:
+        """Size the pool for this worker process: a store opened before (at import, in the parent) is
+        dropped (*forked*: without closing the parent's connections) and reopens on next use."""
+        store = self._store
+        if store is None:
             return
-        self._stop.clear()
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="celery-durable-sweep", daemon=True)
-        self._sweeper.start()
-
-    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
-        self._stop.set()
-        self._flush_timers()
-
-    def _flush_timers(self, **_: Any) -> None:
-        if self._timers is not None:
-            self._timers.flush()
+        if forked:
+            store.after_fork()
+        if self._given_store:
+            return  # a store passed in by the caller is theirs to size
+        if not forked:
+            store.close()
+        self._store = self._engine = self._management = None
 
     def _still_waiting(self, dispatch: Dispatch) -> bool:
         record = self.store.get_workflow(dispatch.workflow_id)
         return record is not None and record.status == WorkflowStatus.WAITING and record.ticket == dispatch.ticket
-
-    def _sweep_loop(self) -> None:
-        interval = self.config.sweep_interval
-        while True:
-            try:
-                self.recover()
-            except Exception:
-                log.warning("celery_durable sweep failed; will try again", exc_info=True)
-            if interval is None or self._stop.wait(interval):
-                return
 
 
 def _install_revoke_hook() -> None:

@@ -49,8 +49,10 @@ class Worker:
         log: Path | None = None,
         app: str = "tests.apps.wfapp",
         cwd: Path = ROOT,
+        queues: str | None = None,
     ) -> None:
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.queues = queues or self.env.get("CD_QUEUE", "celery")
         self.app = app
         self.cwd = cwd
         self.concurrency = concurrency
@@ -78,7 +80,7 @@ class Worker:
                 "-l",
                 "info",
                 "-Q",
-                self.env.get("CD_QUEUE", "celery"),
+                self.queues,
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
@@ -109,6 +111,47 @@ class Worker:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
             self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if hasattr(self, "_log_file"):
+            self._log_file.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Beat:
+    """A real ``celery beat`` subprocess for tests/apps/wfapp.py, its schedule file in *schedule_dir*."""
+
+    def __init__(self, env: dict[str, str], schedule_dir: Path, app: str = "tests.apps.wfapp") -> None:
+        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.app = app
+        self.schedule = schedule_dir / "celerybeat-schedule"
+        self.log = schedule_dir / f"beat-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> Beat:
+        self._log_file = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", self.app, "beat", "-s", str(self.schedule), "--max-interval", "1",
+             "-l", "info"],
+            env=self.env, cwd=str(ROOT), stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b"beat: Starting" in self.log.read_bytes():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"beat exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"beat not started in {timeout}s:\n{self.output()[-3000:]}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -8,7 +8,9 @@ as ``celery -A app durable`` against workers.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +48,7 @@ def shop(sqlite_url: str, unique_prefix: str) -> Any:
         return {"reserved": reserve(order), "paid": d.recv("payment", timeout=3600)}
 
     d.workflow(name="shop.checkout")(checkout)
+    d.migrate()  # the store exists, as the workers' first use would have made it
     yield d, checkout  # the plain body: the test executes it through the engine, as a worker would
     d.close()
 
@@ -108,3 +111,40 @@ def test_standalone_cli_refuses_bad_input_in_one_line(
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
     assert says.lower() in done.stderr.lower(), done.stderr
+
+
+def _env_without_url() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "CELERY_DURABLE_DATABASE_URL"}
+
+
+@pytest.mark.parametrize("args", [("cancel", "order-1"), ("list",), ("prune", "--older-than", "1d")])
+def test_standalone_cli_without_a_database_url_names_the_option_and_creates_nothing(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    assert CLI is not None
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env_without_url())
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "--database-url" in done.stderr and "CELERY_DURABLE_DATABASE_URL" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == []  # no celery_durable.sqlite3 (nor its lock directory) appeared
+
+
+def test_standalone_cli_never_creates_a_store_it_is_pointed_at(tmp_path: Path, unique_prefix: str) -> None:
+    missing = tmp_path / "typo.sqlite3"
+    done = run_cli(f"sqlite:///{missing}", unique_prefix, "cancel", "order-1")
+    assert done.returncode == 1 and "no SQLite store" in done.stderr and str(missing) in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+    # A database that exists but holds no workflow tables (another app's, or the wrong --prefix): refused, untouched.
+    other = tmp_path / "other.sqlite3"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    done = run_cli(f"sqlite:///{other}", unique_prefix, "list")
+    assert done.returncode == 1 and "no celery_durable tables" in done.stderr and unique_prefix in done.stderr, done.stderr
+    with sqlite3.connect(other) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["notes"]
+
+    # migrate is the command that creates it.
+    done = run_cli(f"sqlite:///{missing}", unique_prefix, "migrate")
+    assert done.returncode == 0 and missing.exists(), done.stderr
+    assert run_cli(f"sqlite:///{missing}", unique_prefix, "list").stdout.strip() == "(none)"

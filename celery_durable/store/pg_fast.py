@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -358,28 +358,6 @@ class PgFastPath:
     def channel(self, workflow_id: str, kind: str = "m") -> str:
         """The LISTEN/NOTIFY channel of a workflow's messages (``m``) or end (``f``): an identifier of at most 63 bytes."""
         return f"{self.prefix}{kind}{hashlib.sha1(workflow_id.encode()).hexdigest()}"[:63]
-
-    @contextmanager
-    def watch_finish(self, workflow_id: str) -> Iterator[Callable[[float], None]]:
-        """LISTEN for the end of *workflow_id* on a connection of its own; yield a wait that returns
-        early when the finishing statement NOTIFYs (see ``Store.watch_finish``)."""
-        conn = self.exec_engine.connect()
-        raw = conn.connection.dbapi_connection
-        assert isinstance(raw, psycopg.Connection)
-        try:
-            raw.execute(f'LISTEN "{self.channel(workflow_id, "f")}"')
-
-            def wait(seconds: float) -> None:
-                for _ in raw.notifies(timeout=max(0.0, seconds), stop_after=1):
-                    pass
-
-            yield wait
-            raw.execute("UNLISTEN *")
-        except BaseException:
-            conn.invalidate()  # never pool a connection that may still listen
-            raise
-        finally:
-            conn.close()
 
     @staticmethod
     def _take_params(lease: SQLLease, request: WaitRequest) -> dict[str, Any]:

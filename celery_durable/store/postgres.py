@@ -10,8 +10,10 @@ connection is gone, so the lock and the right to write end together.
 
 from __future__ import annotations
 
+import os
 import select
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +23,7 @@ from sqlalchemy.dialects import postgresql
 
 from .base import Lease
 from .pg_fast import PgFastPath
+from .pg_listen import FinishListener
 from .records import Dispatch, SendResult, StepRecord
 from .sql import SQLStore
 from .sql_lease import SQLLease
@@ -48,24 +51,60 @@ class PostgresStore(PgFastPath, SQLStore):
         # No pre-ping round trip per checkout: _drop_if_closed checks the socket locally instead.
         options: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 5, "max_overflow": 10}
         options.update(engine_options or {})
-        super().__init__(sa.create_engine(url, **options), prefix)
+        isolation = options.pop("isolation_level", "READ COMMITTED")
+        # One pool per process. Its connections are AUTOCOMMIT, as executions want them (a lone
+        # statement is one round trip; their transactions send BEGIN/COMMIT themselves); `engine`,
+        # for SQLAlchemy's own transactions, borrows the same connections in *isolation*. psycopg 3
+        # switches that on the client (the next BEGIN carries it), so the switch costs no round trip.
+        self.exec_engine = sa.create_engine(url, **{**options, "isolation_level": "AUTOCOMMIT"})
+        sa.event.listen(self.exec_engine, "checkout", _drop_if_closed)
+        super().__init__(self.exec_engine.execution_options(isolation_level=isolation), prefix)
         #: durability="relaxed": step checkpoints commit without waiting for their WAL flush.
         self.relaxed = durability == "relaxed"
-        # Executions have their own pool, whose connections are always AUTOCOMMIT (a lone statement
-        # is one round trip; transactions send BEGIN/COMMIT themselves), which saves switching the
-        # isolation level on every checkout.
-        self.exec_engine = sa.create_engine(url, **{**options, "pool_pre_ping": False, "isolation_level": "AUTOCOMMIT"})
-        for engine in (self.engine, self.exec_engine):
-            sa.event.listen(engine, "checkout", _drop_if_closed)
+        self._connect_args: dict[str, Any] = dict(options.get("connect_args") or {})
+        self._listener: FinishListener | None = None
+        self._listener_lock = threading.Lock()
         self._fast_statements()
 
     def after_fork(self) -> None:
-        super().after_fork()
-        self.exec_engine.dispose(close=False)
+        super().after_fork()  # the one pool: `engine` shares exec_engine's
+        self._listener = None  # the parent's thread is not ours; its connection is left alone
 
     def close(self) -> None:
         super().close()
-        self.exec_engine.dispose()
+        listener, self._listener = self._listener, None
+        if listener is not None and listener.pid == os.getpid():
+            listener.close()
+
+    def finish_listener(self) -> FinishListener:
+        """This process's listener for workflow ends (see pg_listen.py), started on first use."""
+        with self._listener_lock:
+            listener = self._listener
+            if listener is None or listener.pid != os.getpid():
+                listener = self._listener = FinishListener(self._listen_connection)
+            return listener
+
+    def _listen_connection(self) -> psycopg.Connection[Any]:
+        """A connection outside the pool (it listens for as long as the process lives), same settings."""
+        cargs, cparams = self.exec_engine.dialect.create_connect_args(self.exec_engine.url)
+        return psycopg.connect(*cargs, **{**cparams, **self._connect_args, "autocommit": True})
+
+    @contextmanager
+    def watch_finish(self, workflow_id: str) -> Iterator[Callable[[float], None]]:
+        """Wait for the end of *workflow_id* through this process's one listener connection (see
+        ``Store.watch_finish``); the waiter still re-reads after every pause, whatever it hears."""
+        channel = self.channel(workflow_id, "f")
+        listener = self.finish_listener()
+        event = listener.subscribe(channel)
+
+        def wait(seconds: float) -> None:
+            event.wait(max(0.0, seconds))
+            event.clear()
+
+        try:
+            yield wait
+        finally:
+            listener.unsubscribe(channel, event)
 
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient_postgres(exc)

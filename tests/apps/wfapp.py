@@ -2,7 +2,7 @@
 
 Everything comes from the environment so a test can point a worker at its own database,
 broker and queue: CD_BROKER, CD_DATABASE_URL, CD_QUEUE, CD_PREFIX, CD_COUNTER_DIR,
-CD_HORIZON, CD_SWEEP_INTERVAL, CD_GRACE.
+CD_HORIZON, CD_SWEEP_INTERVAL, CD_GRACE, CD_DURABLE_QUEUE, CD_BEAT_EVERY, CD_LOG_INFO, CD_APPNAME_PER_PROCESS.
 
 Side effects are counted in CD_COUNTER_DIR: every step body appends one line to a file
 named after it, so a test can prove which step bodies ran and how often, across processes.
@@ -37,7 +37,24 @@ durable = Durable(
     sweep_interval=None if _sweep == "none" else float(_sweep),
     recovery_grace=float(os.environ.get("CD_GRACE", "120")),
     busy_backoff=float(os.environ.get("CD_BUSY_BACKOFF", "0.2")),
+    queue=os.environ.get("CD_DURABLE_QUEUE") or None,  # tests/e2e/test_worker_ops.py: workflows on their own queue
 )
+if os.environ.get("CD_BEAT_EVERY"):  # tests/e2e/test_worker_ops.py: recovery from a real celery beat
+    app.conf.beat_schedule = durable.beat_schedule(every=float(os.environ["CD_BEAT_EVERY"]))
+if os.environ.get("CD_LOG_INFO"):  # show celery_durable's INFO lines in the worker's log
+    import logging
+
+    logging.getLogger("celery_durable").setLevel(logging.INFO)
+if os.environ.get("CD_APPNAME_PER_PROCESS"):  # tell each process's PostgreSQL connections apart (libpq reads PGAPPNAME)
+    from celery.signals import worker_init, worker_process_init
+
+    @worker_init.connect(weak=False)
+    def _name_main_connections(**_: Any) -> None:
+        os.environ["PGAPPNAME"] = f"{os.environ['CD_APPNAME_PER_PROCESS']}-main-{os.getpid()}"
+
+    @worker_process_init.connect(weak=False)
+    def _name_child_connections(**_: Any) -> None:
+        os.environ["PGAPPNAME"] = f"{os.environ['CD_APPNAME_PER_PROCESS']}-child-{os.getpid()}"
 COUNTER_DIR = os.environ.get("CD_COUNTER_DIR", "/tmp")
 if os.environ.get("CD_OTEL_SPANS"):  # tests/e2e/test_otel.py: the worker writes its spans to this file
     from tests.apps.otel_export import install

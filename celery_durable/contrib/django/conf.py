@@ -118,7 +118,13 @@ def open_configured_store(alias: str | None = None) -> Any:
     """Open (without migrating) the store in the ``DATABASES`` entry *alias* with the configured prefix."""
     from ...store import open_store
 
-    return open_store(database_url(alias), table_prefix(), config_options().get("engine_options"))
+    options = config_options()
+    return open_store(
+        database_url(alias),
+        table_prefix(),
+        options.get("engine_options"),
+        durability=options.get("durability", DurableConfig().durability),
+    )
 
 
 __all__ = [

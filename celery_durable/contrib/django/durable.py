@@ -47,8 +47,9 @@ class DjangoDurable(Durable):
                         self.database,
                         self.database_url,
                         self.config.table_prefix,
-                        self.config.engine_options,
+                        self._engine_options(),
                         self._publish_wakeups,
+                        durability=self.config.durability,
                     )
                     if self.config.auto_migrate:
                         store.migrate()

@@ -112,16 +112,28 @@ class DjangoSQLiteStore(JoinsDjangoTransaction, SQLiteStore):
 
 
 def open_django_store(
-    alias: str, url: str, prefix: str, engine_options: dict[str, Any] | None, publish: Publish
+    alias: str,
+    url: str,
+    prefix: str,
+    engine_options: dict[str, Any] | None,
+    publish: Publish,
+    *,
+    durability: str = "full",
 ) -> JoinsDjangoTransaction:
-    """Open the store at *url* (the ``DATABASES`` entry *alias*); *publish* publishes wake-ups after commits."""
+    """Open the store at *url* (the ``DATABASES`` entry *alias*); *publish* publishes wake-ups after commits.
+
+    *durability* is ``DurableConfig.durability`` (PostgreSQL; SQLite has no such choice).
+    """
     # The rule of store.open_store: the prefix is part of every table name in the SQL.
     if not prefix.replace("_", "").isalnum() or not prefix[0].isalpha():
         raise ConfigurationError(
             f"table prefix {prefix!r} must start with a letter and hold only letters, digits and _"
         )
-    store_class = DjangoPostgresStore if connections[alias].vendor == "postgresql" else DjangoSQLiteStore
-    store = store_class(url, prefix, engine_options)
+    store: JoinsDjangoTransaction
+    if connections[alias].vendor == "postgresql":
+        store = DjangoPostgresStore(url, prefix, engine_options, durability=durability)
+    else:
+        store = DjangoSQLiteStore(url, prefix, engine_options)
     store.alias = alias
     store.publish = publish
     return store

@@ -76,6 +76,10 @@ CELERY_DURABLE = {
     "table_prefix": os.environ.get("CD_PREFIX", "durable_"),
     "sweep_interval": 2,
     "busy_backoff": 0.2,
+    # Not the defaults, so tests/django_project/test_settings.py can tell each is honoured.
+    "durability": "relaxed",
+    "max_payload": 100_000,
+    "engine_options": {"pool_size": 3, "max_overflow": 1},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "/static/"
