@@ -222,7 +222,7 @@ def _workflow_queues(durable: Durable) -> list[str]:
     if durable.config.queue:
         queues.add(durable.config.queue)
     for task in app.tasks.values():
-        if isinstance(task, WorkflowTask) and getattr(task, "durable", None) is durable and task.queue:
+        if isinstance(task, WorkflowTask) and getattr(task, "durable", None) is durable and getattr(task, "queue", None):
             queues.add(task.queue)
     return sorted(queues)
 
