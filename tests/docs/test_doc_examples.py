@@ -28,6 +28,7 @@ import linecache
 import re
 import sys
 import textwrap
+import threading
 import traceback
 import types
 from collections.abc import Callable, Iterator
@@ -151,8 +152,12 @@ class PageRun:
             self.stack.callback(self.purge, app, queues)
 
     def know_new_tasks(self, **_: Any) -> None:
-        """Before a message is published: make the workers know the tasks declared since they started
-        (a block may declare a workflow and start it at once)."""
+        """Before a block publishes a message: start the worker, or make it know the tasks declared since
+        it started (a block may declare a workflow and start it at once). Publishes from other threads
+        (the worker's sweep) only queue their message."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.start_workers()
         for app, (worker, _queues) in self.workers.items():
             if set(app.tasks) - set(worker.consumer.strategies):
                 worker.consumer.update_strategies()
