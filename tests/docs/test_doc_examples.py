@@ -43,6 +43,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
 #: Pages whose Python runs elsewhere, and where.
 RUN_ELSEWHERE = {"docs/tutorial.md": "tests/plugin/test_tutorial.py"}
+#: Pages whose every block is an excerpt, and why: Django's settings can be configured once per process,
+#: and pytest-django is not a dependency. Their blocks still compile.
+EXCERPTS_ONLY = {"docs/django-testing.md": "a Django project with pytest-django; tests/django_project runs the same behaviour"}
 
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
 EXCERPT = re.compile(r"^\s*<!--\s*excerpt:\s*(?P<why>\S.*?)\s*-->\s*$")
@@ -245,7 +248,9 @@ def test_every_block_compiles(page: str) -> None:
             pytest.fail(f"{page}:{exc.lineno}: this example does not compile: {exc.msg}", pytrace=False)
 
 
-@pytest.mark.parametrize("page_run", [p for p in _pages_with_python() if p not in RUN_ELSEWHERE], indirect=True)
+@pytest.mark.parametrize(
+    "page_run", [p for p in _pages_with_python() if p not in RUN_ELSEWHERE and p not in EXCERPTS_ONLY], indirect=True
+)
 def test_the_examples_of_a_page_run(page_run: PageRun) -> None:
     blocks = python_blocks(page_run.page)
     runnable = [b for b in blocks if b.excerpt is None]
@@ -255,6 +260,12 @@ def test_the_examples_of_a_page_run(page_run: PageRun) -> None:
     )
     for block in runnable:
         page_run.run(block)
+
+
+def test_excerpt_only_pages_are_only_excerpts() -> None:
+    for page in EXCERPTS_ONLY:
+        blocks = python_blocks(page)
+        assert blocks and all(b.excerpt for b in blocks), f"{page}: a block that runs belongs in the harness"
 
 
 def test_pages_run_elsewhere_still_have_their_test() -> None:
