@@ -260,6 +260,8 @@ def test_the_examples_of_a_page_run(page_run: PageRun) -> None:
     )
     for block in runnable:
         page_run.run(block)
+    defined = sum(len(re.findall(r"^def test_", b.code, re.M)) for b in runnable)
+    assert page_run.tests_run == defined, f"{page_run.page}: {defined} example tests, {page_run.tests_run} run"
 
 
 def test_excerpt_only_pages_are_only_excerpts() -> None:
