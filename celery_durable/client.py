@@ -203,6 +203,17 @@ class Client:
         Anywhere: inside a workflow it is checkpointed (a replay never sends again); outside, a
         repeated *idempotency_key* for the same destination delivers once. The message is stored
         when this returns. ``create_mailbox=True`` accepts a workflow id that does not exist yet.
+
+        Args:
+            workflow_id: The workflow to send to.
+            message: The payload (JSON by default; at most ``max_payload`` bytes serialized).
+            topic: The topic a ``recv`` takes it from; ``None`` is the default topic.
+            idempotency_key: Outside a workflow only (inside one it raises ``InvalidArgument``): a
+                second send with the same key to the same workflow is dropped silently.
+            create_mailbox: Keep the message for a workflow id that has not started yet.
+
+        Raises:
+            WorkflowNotFound: No workflow has that id (and ``create_mailbox`` is off).
         """
         self.management.send(workflow_id, message, topic, idempotency_key, create_mailbox)
 
@@ -210,6 +221,12 @@ class Client:
         """Return a workflow's event *key*, waiting up to *timeout* seconds for it to be set; *default* on timeout.
 
         Inside a workflow it is checkpointed and waits without holding a worker; outside, it polls.
+
+        Args:
+            workflow_id: The workflow that sets the event.
+            key: The event's key.
+            timeout: Seconds to wait for it to be set; ``0`` looks once, ``None`` waits forever.
+            default: What to return when the timeout passes first.
         """
         return self.management.get_event(workflow_id, key, timeout, default)
 
@@ -233,8 +250,19 @@ class Client:
     ) -> list[WorkflowRecord]:
         """Return workflows, newest first; every filter given narrows the list.
 
-        *status* is one status or several; *created_after*/*created_before* are datetimes or epoch
-        seconds; *id_prefix* matches ids literally. Records carry ``error_summary`` for failed ones.
+        Records carry ``error_summary`` for failed ones.
+
+        Args:
+            status: One status or several (a ``WorkflowStatus`` or its value, ``"WAITING"``).
+            name: The exact workflow (task) name.
+            created_after: Timezone-aware datetime or epoch seconds; a naive datetime raises
+                ``InvalidArgument``.
+            created_before: Likewise.
+            id_prefix: Ids that start with this, matched literally.
+            parent_id: Children of this workflow.
+            version: Workflows started on this code version.
+            limit: At most this many, from 1.
+            offset: Skip this many (for paging).
         """
         return self.management.list_workflows(
             status,

@@ -85,6 +85,11 @@ def wait_for_status(handle: WorkflowHandle, *statuses: str, timeout: float = 10.
     """Wait until the workflow has one of *statuses* (``"WAITING"``, ``"SUCCESS"``...); return its record.
 
     Fails the test, showing the status it has, when that does not happen within *timeout* seconds.
+
+    Args:
+        handle: The workflow's handle.
+        *statuses: The statuses to wait for, by value.
+        timeout: Seconds before the test fails.
     """
     wanted = {str(s).upper() for s in statuses}
     end = time.monotonic() + timeout
@@ -103,7 +108,12 @@ def wait_for_status(handle: WorkflowHandle, *statuses: str, timeout: float = 10.
 
 
 def wait_until_waiting(handle: WorkflowHandle, timeout: float = 10.0) -> WorkflowRecord:
-    """Wait until the workflow waits (recv, sleep, get_event, a retry pause): it has left the worker."""
+    """Wait until the workflow waits (recv, sleep, get_event, a retry pause): it has left the worker.
+
+    Args:
+        handle: The workflow's handle.
+        timeout: Seconds before the test fails.
+    """
     return wait_for_status(handle, "WAITING", timeout=timeout)
 
 
@@ -224,7 +234,7 @@ def _workflow_queues(durable: Durable) -> list[str]:
     if durable.config.queue:
         queues.add(durable.config.queue)
     for task in app.tasks.values():
-        if isinstance(task, WorkflowTask) and getattr(task, "durable", None) is durable and task.queue:
+        if isinstance(task, WorkflowTask) and getattr(task, "durable", None) is durable and getattr(task, "queue", None):
             queues.add(task.queue)
     return sorted(queues)
 

@@ -58,3 +58,29 @@ def test_unknown_ids_and_bad_filters_say_so(client: DurableClient) -> None:
     bad = web.get("/", params={"status": "SLEEPY"})
     assert bad.status_code == 400 and "SLEEPY" in bad.text
     assert web.get("/api/counts").json()["counts"]["PENDING"] == 1
+
+
+def test_mounted_under_a_prefix_every_link_form_and_fetch_stays_under_it(client: DurableClient) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    site = Starlette(routes=[Mount("/ops/durable", app=create_app(client, allow_actions=True))])
+    web = TestClient(site, base_url="http://dash.local")
+    index = web.get("/ops/durable/")
+    assert index.status_code == 200
+    page = web.get("/ops/durable/workflow", params={"id": "order-1"})
+    assert page.status_code == 200
+    for text in (index.text, page.text):
+        urls = re.findall(r'(?:href|action)="([^"]*)"', text) + re.findall(r'fetch\("([^"]*)"', text)
+        local = [u for u in urls if u.startswith("/")]
+        assert local and all(u.startswith("/ops/durable/") for u in local), local
+    assert web.get("/ops/durable/api/counts").json()["counts"]["PENDING"] == 1
+
+    done = web.post(
+        "/ops/durable/workflow/cancel",
+        data={"id": "order-1", "csrf": token_of(page.text)},
+        headers={"Origin": "http://dash.local"},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303 and done.headers["location"] == "/ops/durable/workflow?id=order-1&done=cancel"
+    assert client.handle("order-1").status() == WorkflowStatus.CANCELLED

@@ -62,7 +62,7 @@ class _Views:
         self.token = secrets.token_urlsafe(32)
 
     def _render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
-        context.update(allow_actions=self.allow_actions, statuses=[s.value for s in WorkflowStatus])
+        context.update(allow_actions=self.allow_actions, statuses=[s.value for s in WorkflowStatus], base=_base(request))
         return TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
 
     def _counts(self) -> dict[str, int]:
@@ -161,7 +161,16 @@ class _Views:
         except WorkflowNotFound as exc:
             return Response(str(exc), status_code=404)
         query = urlencode({"id": workflow_id, "done": action})
-        return RedirectResponse(f"/workflow?{query}", status_code=303)
+        return RedirectResponse(f"{_base(request)}/workflow?{query}", status_code=303)
+
+
+def _base(request: Request) -> str:
+    """The path the dashboard is served under: "" at the root, "/ops/durable" when mounted there.
+
+    Every link, form and fetch starts with it, so the dashboard works mounted under a prefix (a
+    Starlette ``Mount``, or a proxy that passes the prefix as the ASGI ``root_path``).
+    """
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def _same_origin(request: Request) -> bool:
