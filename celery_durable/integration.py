@@ -75,6 +75,21 @@ def _our_message(request: Any) -> bool:
     return isinstance(headers, dict) and bool(headers.get(MESSAGE_HEADER))
 
 
+class _QueuedTask(Task):
+    """A task of the library's own (recover) published to the workflows' queue unless told otherwise.
+
+    Not Celery's ``queue`` task attribute, which Celery 5.7 deprecates in favour of ``task_routes``
+    (a library should not rewrite an application's routes)."""
+
+    abstract = True
+    durable_queue: str | None = None
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any) -> Any:
+        if self.durable_queue and not options.get("queue"):
+            options["queue"] = self.durable_queue
+        return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+
 class WorkflowTask(Task):
     """Base class of workflow tasks. ``delay``/``apply_async``/``start`` start a durable workflow."""
 
@@ -84,6 +99,8 @@ class WorkflowTask(Task):
 
     #: Seconds from start after which the workflow is stopped (``@durable.workflow(timeout=...)``).
     durable_timeout: float | None = None
+    #: Queue of its messages (``@durable.workflow(queue=...)``, else ``DurableConfig.queue``; None: routing).
+    durable_queue: str | None = None
 
     def start(
         self, *args: Any, workflow_id: str | None = None, timeout: float | None = None, **kwargs: Any
@@ -201,8 +218,9 @@ class Durable(children.ChildrenAPI, Client):
         """Make a function a durable workflow: a Celery task whose steps are checkpointed.
 
         ``timeout=`` (seconds) is the default deadline of each workflow, counted from its start
-        (``start(..., timeout=)`` overrides it). Celery task options (``name=``, ``queue=``,
-        ``priority=``, ...) pass through.
+        (``start(..., timeout=)`` overrides it). ``queue=`` (default: the ``queue`` option) is where its
+        messages go; it is stored with each workflow, so wake-ups and recovery publish there too.
+        Other Celery task options (``name=``, ``priority=``, ...) pass through.
         """
         if fn is None:
             return lambda f: self.workflow(f, **task_options)
@@ -221,9 +239,9 @@ class Durable(children.ChildrenAPI, Client):
             "max_retries": None,  # waits leave through retries: never run out of them
             "shared": False,
         }
-        if self.config.queue is not None:
-            options["queue"] = self.config.queue
         options.update(task_options)
+        # Not Celery's `queue` task attribute (deprecated in Celery 5.7): _start publishes there itself.
+        options["durable_queue"] = v.check_queue(options.pop("queue", None) or self.config.queue)
         options["durable_timeout"] = timeout  # becomes an attribute of the task class, read by _start
         task = self.app.task(**options)(run)
         v.check_name(task.name, "workflow name")  # stored with every workflow: refuse it now, not at start
@@ -296,7 +314,7 @@ class Durable(children.ChildrenAPI, Client):
         *,
         timeout: float | None = None,
     ) -> results.WorkflowResult:
-        queue = v.check_queue(options.get("queue") or getattr(task, "queue", None) or self.config.queue)
+        queue = v.check_queue(options.get("queue") or getattr(task, "durable_queue", None) or self.config.queue)
         options = dict(options)
         # The canvas fires when the workflow finishes, from the execution that finishes it: stored
         # with the workflow, never carried by its messages (celery_results.py).
@@ -620,10 +638,12 @@ class Durable(children.ChildrenAPI, Client):
             """Publish every workflow that should be moving but has no live message; return how many."""
             return durable.recover()
 
-        options: dict[str, Any] = {"name": f"celery_durable.{self.config.table_prefix}recover", "shared": False}
-        if self.config.queue is not None:
-            options["queue"] = self.config.queue
-        task: Task = self.app.task(**options)(recover)
+        task: Task = self.app.task(
+            name=f"celery_durable.{self.config.table_prefix}recover",
+            shared=False,
+            base=_QueuedTask,
+            durable_queue=self.config.queue,
+        )(recover)
         return task
 
     def beat_schedule(self, every: float = 60.0) -> dict[str, dict[str, Any]]:
@@ -635,7 +655,7 @@ class Durable(children.ChildrenAPI, Client):
         if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 < every < float("inf"):
             raise InvalidArgument(f"every must be a positive number of seconds, got {every!r}")
         entry: dict[str, Any] = {"task": self.recover_task.name, "schedule": float(every)}
-        queue = getattr(self.recover_task, "queue", None)
+        queue = getattr(self.recover_task, "durable_queue", None)
         if queue:
             entry["options"] = {"queue": queue}
         return {f"celery-durable-{self.config.table_prefix}recover": entry}

@@ -234,8 +234,9 @@ def _workflow_queues(durable: Durable) -> list[str]:
     if durable.config.queue:
         queues.add(durable.config.queue)
     for task in app.tasks.values():
-        if isinstance(task, WorkflowTask) and getattr(task, "durable", None) is durable and getattr(task, "queue", None):
-            queues.add(task.queue)
+        queue = getattr(task, "durable_queue", None)
+        if isinstance(task, WorkflowTask) and getattr(task, "durable", None) is durable and queue:
+            queues.add(queue)
     return sorted(queues)
 
 

@@ -62,7 +62,7 @@ def workflow_queues(durable: Durable) -> set[str]:
     queues = set()
     for name in names:
         task = app.tasks[name]
-        explicit = getattr(task, "queue", None) or durable.config.queue
+        explicit = getattr(task, "durable_queue", None) or durable.config.queue
         try:
             route = app.amqp.router.route({"queue": explicit} if explicit else {}, name)
             queue = route["queue"]
