@@ -23,11 +23,12 @@ stopped it.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import states
@@ -37,15 +38,21 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from kombu.utils.json import dumps, loads
 
-from .errors import WorkflowCancelled, WorkflowNotFound
+from .errors import InvalidArgument, WorkflowCancelled, WorkflowNotFound
+from .outcomes import Cancelled, Outcome, Waiting
 from .store import Dispatch, WorkflowRecord, WorkflowStatus
 
 if TYPE_CHECKING:
     from celery import Celery, Task
 
     from .client import Client
+    from .handle import WorkflowHandle
+    from .management import Management
 
 log = logging.getLogger("celery_durable")
+
+#: The workflow task whose execution runs in this thread (for :meth:`CeleryResults._report`).
+RUNNING_TASK: contextvars.ContextVar[Task | None] = contextvars.ContextVar("celery_durable_task", default=None)
 
 #: The custom Celery state of a waiting workflow; ``AsyncResult.info`` says what it waits for.
 WAITING = "WAITING"
@@ -115,10 +122,14 @@ def restore_canvas(request: Any, record: WorkflowRecord | None) -> None:
 
 # -- states --------------------------------------------------------------------------------------------
 def stores_results(task: Task) -> bool:
-    """Whether Celery keeps results for *task* (a result backend, and results not ignored)."""
+    """Whether Celery keeps results for *task* (a result backend, results not ignored, not eager unless
+    ``task_store_eager_result``)."""
     if isinstance(task.backend, DisabledBackend) or task.ignore_result:
         return False
-    return not getattr(task.request, "ignore_result", False)
+    request = task.request
+    if getattr(request, "is_eager", False) and not task.app.conf.task_store_eager_result:
+        return False
+    return not getattr(request, "ignore_result", False)
 
 
 def report_waiting(task: Task, workflow_id: str, wait: dict[str, Any] | None) -> None:
@@ -126,9 +137,10 @@ def report_waiting(task: Task, workflow_id: str, wait: dict[str, Any] | None) ->
     task.backend.store_result(workflow_id, {**(wait or {}), "since": time.time()}, WAITING, request=task.request)
 
 
-def report_revoked(task: Task, workflow_id: str, reason: str) -> None:
-    """Store REVOKED for a cancelled workflow (and count it as a chord part), as Celery does for a revoke."""
-    task.backend.mark_as_revoked(workflow_id, reason, request=task.request)
+def report_revoked(task: Task, workflow_id: str, reason: str, request: Any = None) -> None:
+    """Store REVOKED for a cancelled workflow (and count it as a chord part: *request* carries its
+    canvas), as Celery does for a revoke."""
+    task.backend.mark_as_revoked(workflow_id, reason, request=task.request if request is None else request)
 
 
 def restate(task: Task, client: Client, workflow_id: str) -> None:
@@ -230,6 +242,74 @@ def _meta(client: Client, record: WorkflowRecord) -> dict[str, Any]:
             result["deadline"] = record.deadline
     return {"status": state, "result": result, "task_id": record.workflow_id, "traceback": None, "children": [],
             "date_done": None}
+
+
+# -- what Durable does for Celery's view ----------------------------------------------------------------
+class CeleryResults:
+    """The part of :class:`~celery_durable.Durable` that keeps Celery's view of its workflows true:
+    the engine's ``on_outcome`` report, cancels that read REVOKED, resumes that forget the result."""
+
+    if TYPE_CHECKING:  # provided by Durable / Client
+        app: Celery
+        management: Management
+
+    def _report(self, outcome: Outcome) -> None:
+        """The engine's ``on_outcome``: store the Celery state of a wait (and of a timeout's cancel) while
+        the workflow's lock is still held, so the next execution's report always comes after it."""
+        task = RUNNING_TASK.get()
+        if task is None or not stores_results(task):
+            return
+        if isinstance(outcome, Waiting):
+            report_waiting(task, task.request.id, outcome.wait)
+        elif isinstance(outcome, Cancelled) and outcome.reason is not None:
+            # Stopped by its own deadline in this execution. A user's cancel was reported by the canceller.
+            restore_canvas(task.request, outcome.workflow)
+            report_revoked(task, task.request.id, str(outcome.reason))
+            strip_canvas(task.request)
+
+    def cancel(self, workflow_id: str) -> WorkflowStatus:
+        """Cancel a workflow that has not finished; return its status afterwards (see :meth:`Client.cancel`).
+
+        Celery sees it too: its result reads REVOKED (and counts as a finished part of a chord it
+        belongs to), as a revoked task does. A Celery revoke of the id (``AsyncResult(id).revoke()``,
+        ``celery control revoke``) comes here on the workers.
+        """
+        status, record = self.management.cancel_record(workflow_id)
+        if record is not None:  # this call cancelled it
+            self._report_cancel(record)
+        return status
+
+    def _report_cancel(self, record: WorkflowRecord) -> None:
+        task = self.app.tasks.get(record.name)
+        if task is None or not stores_results(task):
+            return
+        from celery.app.task import Context
+
+        request = Context(id=record.workflow_id, task=record.name)
+        restore_canvas(request, record)
+        try:
+            report_revoked(task, record.workflow_id, "cancelled", request)
+        except Exception:
+            log.warning("could not store REVOKED for cancelled workflow %s", record.workflow_id, exc_info=True)
+
+    def resume(self, workflow_id: str) -> WorkflowHandle:
+        """Run a CANCELLED or failed workflow again (see :meth:`Client.resume`); Celery's stored result of
+        it is forgotten, so ``AsyncResult(id)`` follows the resumed run."""
+        handle: WorkflowHandle = super().resume(workflow_id)  # type: ignore[misc]  # Client's, next in Durable's MRO
+        task = self.app.tasks.get(handle.record().name)
+        if task is not None and stores_results(task):
+            task.backend.forget(workflow_id)
+        return handle
+
+    def _cancel_revoked(self, task_ids: Sequence[str]) -> None:
+        """A Celery revoke of *task_ids* reached this worker: cancel those that are workflows."""
+        for task_id in task_ids:
+            try:
+                self.cancel(task_id)
+            except (WorkflowNotFound, InvalidArgument):
+                continue  # not a workflow of ours
+            except Exception:
+                log.warning("could not cancel revoked workflow %s", task_id, exc_info=True)
 
 
 # -- eager mode and revokes -------------------------------------------------------------------------------

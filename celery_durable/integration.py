@@ -31,7 +31,7 @@ from . import children, core, hooks, versioning
 from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
-from .errors import ConfigurationError, DurableError, InvalidArgument, SerializationError, WorkflowNotFound
+from .errors import ConfigurationError, DurableError, InvalidArgument, SerializationError
 from .handle import WorkflowHandle
 from .retries import RetryPolicy
 from .store import Dispatch, Store, WorkflowStatus
@@ -54,8 +54,6 @@ _CONTROL_FLOW = (Retry, Ignore, Reject)
 # Set while this package publishes one of its own messages through a task's apply_async (Celery's
 # retry does): a user's call can never set it, whatever its arguments are called.
 _INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("celery_durable_internal", default=False)
-# The workflow task whose execution runs in this thread (for Durable._report, the engine's on_outcome).
-_RUNNING_TASK: contextvars.ContextVar[Task | None] = contextvars.ContextVar("celery_durable_task", default=None)
 
 
 @contextlib.contextmanager
@@ -130,7 +128,7 @@ class WorkflowTask(Task):
         return self.durable._start(self, args, kwargs, task_id, options)
 
 
-class Durable(children.ChildrenAPI, Client):
+class Durable(results.CeleryResults, children.ChildrenAPI, Client):
     """Durable workflows for a Celery app.
 
     ``Durable(app)`` stores workflows in an SQLite file, ``celery_durable.sqlite3`` next to the
@@ -370,11 +368,11 @@ class Durable(children.ChildrenAPI, Client):
             ticket, fn = started
             busy = 0
         results.strip_canvas(request)  # restored from the store by the execution that finishes
-        token = _RUNNING_TASK.set(task)
+        token = results.RUNNING_TASK.set(task)
         try:
             outcome = self.engine.execute(workflow_id, ticket, task.name, fn)
         finally:
-            _RUNNING_TASK.reset(token)
+            results.RUNNING_TASK.reset(token)
         if isinstance(outcome, core.Finished):
             results.restore_canvas(request, outcome.workflow)
             return outcome.value
@@ -411,20 +409,6 @@ class Durable(children.ChildrenAPI, Client):
         elif isinstance(outcome, (core.Busy, core.Stale)) and task.track_started and results.stores_results(task):
             results.restate(task, self, workflow_id)  # Celery wrote STARTED for a message with nothing to run
         raise Ignore()  # Stale, Cancelled (reported by _report) or Refused: nothing to do, nothing to schedule
-
-    def _report(self, outcome: core.Outcome) -> None:
-        """The engine's ``on_outcome``: store the Celery state of a wait (and of a timeout's cancel) while
-        the workflow's lock is still held, so the next execution's report always comes after it."""
-        task = _RUNNING_TASK.get()
-        if task is None or not results.stores_results(task):
-            return
-        if isinstance(outcome, core.Waiting):
-            results.report_waiting(task, task.request.id, outcome.wait)
-        elif isinstance(outcome, core.Cancelled) and outcome.reason is not None:
-            # Stopped by its own deadline in this execution. A user's cancel was reported by the canceller.
-            results.restore_canvas(task.request, outcome.workflow)
-            results.report_revoked(task, task.request.id, str(outcome.reason))
-            results.strip_canvas(task.request)
 
     def _backoff(self, busy: int) -> float:
         return min(self.config.busy_backoff * 2 ** min(busy, 64), self.config.horizon, 60.0)
@@ -506,51 +490,6 @@ class Durable(children.ChildrenAPI, Client):
 
     def _outcome_reporter(self) -> Callable[[core.Outcome], None] | None:
         return self._report
-
-    # -- Celery's view of cancels and resumes ----------------------------------------------------------
-    def cancel(self, workflow_id: str) -> WorkflowStatus:
-        """Cancel a workflow that has not finished; return its status afterwards (see :meth:`Client.cancel`).
-
-        Celery sees it too: its result reads REVOKED (and counts as a finished part of a chord it
-        belongs to), as a revoked task does. A Celery revoke of the id (``AsyncResult(id).revoke()``,
-        ``celery control revoke``) comes here on the workers.
-        """
-        status, record = self.management.cancel_record(workflow_id)
-        if record is not None:  # this call cancelled it
-            self._report_cancel(record)
-        return status
-
-    def _report_cancel(self, record: Any) -> None:
-        task = self.app.tasks.get(record.name)
-        if task is None or not results.stores_results(task):
-            return
-        from celery.app.task import Context
-
-        request = Context(id=record.workflow_id, task=record.name)
-        results.restore_canvas(request, record)
-        try:
-            results.report_revoked(task, record.workflow_id, "cancelled")
-        except Exception:
-            log.warning("could not store REVOKED for cancelled workflow %s", record.workflow_id, exc_info=True)
-
-    def resume(self, workflow_id: str) -> WorkflowHandle:
-        """Run a CANCELLED or failed workflow again (see :meth:`Client.resume`); Celery's stored result of
-        it is forgotten, so ``AsyncResult(id)`` follows the resumed run."""
-        handle = super().resume(workflow_id)
-        task = self.app.tasks.get(handle.record().name)
-        if task is not None and results.stores_results(task):
-            task.backend.forget(workflow_id)
-        return handle
-
-    def _cancel_revoked(self, task_ids: Sequence[str]) -> None:
-        """A Celery revoke of *task_ids* reached this worker: cancel those that are workflows."""
-        for task_id in task_ids:
-            try:
-                self.cancel(task_id)
-            except (WorkflowNotFound, InvalidArgument):
-                continue  # not a workflow of ours
-            except Exception:
-                log.warning("could not cancel revoked workflow %s", task_id, exc_info=True)
 
     def _map_step(self, step_name: str, item: Any) -> Any:
         """The body of the child workflows ``map`` starts for a step: run that step once, as a step."""
