@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from .config import DurableConfig
     from .errors import (
         ChildWorkflowCancelled,
+        ConcurrencyLimitExceeded,
         ConfigurationError,
+        DuplicateWorkflow,
         DurableError,
         InvalidArgument,
         NonDeterministicWorkflow,
@@ -36,7 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChildWorkflowCancelled",
+    "ConcurrencyLimitExceeded",
     "ConfigurationError",
+    "DuplicateWorkflow",
     "Durable",
     "DurableClient",
     "DurableConfig",

@@ -54,6 +54,14 @@ class WorkflowConflict(DurableError):
     """Raised when a workflow id is already used by a different workflow function."""
 
 
+class ConcurrencyLimitExceeded(DurableError):
+    """Raised when a workflow with ``limit_strategy="cancel_newest"`` is started while its concurrency limit is full."""
+
+
+class DuplicateWorkflow(DurableError):
+    """Raised when a workflow is started with the ``dedup_key`` of one that is still active (``on_conflict="raise"``)."""
+
+
 class NotInWorkflow(DurableError, RuntimeError):
     """Raised when an operation that only makes sense inside a workflow is called outside one."""
 
