@@ -36,6 +36,7 @@ from .timeouts import earliest, timed_out
 
 if TYPE_CHECKING:
     from .config import DurableConfig
+    from .extension import WorkflowContextProtocol
     from .handle import WorkflowHandle
 
 #: Checkpoint kinds: one child started, a batch of children started (map), a join.
@@ -58,7 +59,7 @@ def child_id(parent_id: str, step_id: int, index: int | None = None) -> str:
 
 
 def _passing(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Return the caller's errors (conflict, bad argument) instead of raising them through ``ctx._store``,
+    """Return the caller's errors (conflict, bad argument) instead of raising them through ``ctx.store_call``,
     which takes any ``DurableError`` for a lost claim; the caller raises them in the body."""
 
     def run() -> Any:
@@ -70,15 +71,15 @@ def _passing(call: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
-def encode_inputs(ctx: core.WorkflowContext, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+def encode_inputs(ctx: WorkflowContextProtocol, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     try:
-        return check_stored_text(ctx.engine.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
+        return check_stored_text(ctx.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
     except Exception as exc:
         raise type(exc)(f"cannot start workflow {name!r}: its arguments are not serializable: {exc}") from None
 
 
 def start_children(
-    ctx: core.WorkflowContext,
+    ctx: WorkflowContextProtocol,
     name: str,
     inputs: Sequence[str],
     *,
@@ -93,13 +94,12 @@ def start_children(
     derived. Its first task messages are published after the commit; a lost publish is the sweep's.
     """
     kind = CHILD if explicit_id is not None or len(inputs) == 1 else CHILDREN
-    step_id = ctx._take_id()
-    op = core._op_name(kind, name)
-    recorded = ctx._replayed(step_id, op, kind)
+    step_id = ctx.take_step()
+    op = core.op_name(kind, name)
+    recorded = ctx.recorded(step_id, op, kind)
     if recorded is not None:
         return _recorded_ids(ctx.workflow_id, step_id, recorded)
-    engine = ctx.engine
-    now = engine.clock()
+    now = ctx.clock()
     if kind == CHILD:
         ids = [explicit_id or child_id(ctx.workflow_id, step_id)]
         output = json.dumps(ids)
@@ -108,17 +108,17 @@ def start_children(
         output = json.dumps(len(ids))
     timeout_at = earliest(None if timeout is None else now + timeout, ctx.workflow.timeout_at)
     # A child joins the trace of the execution starting it (the observers' start context, as for any start).
-    start_context = engine.observers.start_context if engine.observers else None  # observer hook
+    start_context = ctx.observers.start_context if ctx.observers else None  # observer hook
     specs = [
         ChildSpec(cid, name, text, queue, version, timeout_at, start_context(name, cid) if start_context else None)
         for cid, text in zip(ids, inputs)
     ]
     checkpoint = StepRecord(ctx.workflow_id, step_id, op, kind, output, None, None, now, now)
-    lease = ctx.lease
-    result = ctx._store(_passing(lambda: engine.store.start_children(lease, specs, checkpoint)), f"starting {name!r}")
+    store, lease = ctx.store, ctx.lease
+    result = ctx.store_call(_passing(lambda: store.start_children(lease, specs, checkpoint)), f"starting {name!r}")
     if isinstance(result, Exception):
         raise result
-    engine.publish_all(result)
+    ctx.publish(result)
     return ids
 
 
@@ -130,32 +130,31 @@ def _recorded_ids(parent_id: str, step_id: int, recorded: StepRecord) -> list[st
 
 
 def join(
-    ctx: core.WorkflowContext, ids: Sequence[str], *, fail_fast: bool, timeout: float | None
+    ctx: WorkflowContextProtocol, ids: Sequence[str], *, fail_fast: bool, timeout: float | None
 ) -> list[ChildOutcome]:
     """Wait durably for the children *ids* (a checkpoint); return their outcomes in that order.
 
     Raises the builtin ``TimeoutError`` when *timeout* passed first (a replay raises it again).
     """
-    step_id = ctx._take_id()
-    name = core._op_name(JOIN, ",".join(ids))
-    recorded = ctx._replayed(step_id, name, JOIN)
-    engine = ctx.engine
+    step_id = ctx.take_step()
+    name = core.op_name(JOIN, ",".join(ids))
+    recorded = ctx.recorded(step_id, name, JOIN)
     if recorded is None:
-        lease = ctx.lease
-        request = JoinRequest(step_id, name, tuple(ids), fail_fast, timeout, engine.clock(), engine.config.horizon)
-        result = ctx._store(_passing(lambda: engine.store.wait_children(lease, request)), "a wait for children")
+        store, lease = ctx.store, ctx.lease
+        request = JoinRequest(step_id, name, tuple(ids), fail_fast, timeout, ctx.clock(), ctx.config.horizon)
+        result = ctx.store_call(_passing(lambda: store.wait_children(lease, request)), "a wait for children")
         if isinstance(result, Exception):
             raise result
         if isinstance(result, Suspended):
-            raise core.Suspend(result.dispatch, {"wait": "children", "step": step_id, "children": list(ids), "timeout": timeout})
+            ctx.suspend(result.dispatch, {"wait": "children", "step": step_id, "children": list(ids), "timeout": timeout})
         output = None
         if not result.timed_out:
             output = json.dumps(
                 [[o.workflow_id, o.status and o.status.value, o.output, o.error, o.timeout_at] for o in result.outcomes]
             )
-        now = engine.clock()
+        now = ctx.clock()
         checkpoint = StepRecord(ctx.workflow_id, step_id, name, JOIN, output, None, None, now, now)
-        recorded = ctx._store(lambda: engine.store.record_step(lease, checkpoint), "a wait for children")
+        recorded = ctx.store_call(lambda: store.record_step(lease, checkpoint), "a wait for children")
     if recorded.output is None:
         raise TimeoutError(
             f"workflow {ctx.workflow_id!r}: children {_shown(ids)} did not all finish within {timeout} s"
@@ -215,11 +214,9 @@ def parent_context(handle: WorkflowHandle) -> core.WorkflowContext | None:
     return ctx
 
 
-def child_result(ctx: core.WorkflowContext, handle: WorkflowHandle, timeout: float | None) -> Any:
+def child_result(ctx: WorkflowContextProtocol, handle: WorkflowHandle, timeout: float | None) -> Any:
     """``handle.result()`` of a child inside its parent: a durable join on that one child."""
-    (value,) = results(
-        ctx.engine.serializer.loads, join(ctx, [handle.workflow_id], fail_fast=True, timeout=timeout), False
-    )
+    (value,) = results(ctx.serializer.loads, join(ctx, [handle.workflow_id], fail_fast=True, timeout=timeout), False)
     return value
 
 
