@@ -23,11 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import core
-from . import validation as v
 from .errors import ChildWorkflowCancelled, InvalidArgument, WorkflowConflict, WorkflowFailed, WorkflowNotFound
 from .serialization import check_stored_text
 from .store import StepRecord, Suspended, WorkflowStatus
@@ -35,7 +34,6 @@ from .store.child_records import ChildOutcome, ChildSpec, JoinRequest
 from .timeouts import earliest, timed_out
 
 if TYPE_CHECKING:
-    from .config import DurableConfig
     from .extension import WorkflowContextProtocol
     from .handle import WorkflowHandle
 
@@ -208,8 +206,8 @@ def results(loads: Callable[[str], Any], outcomes: Sequence[ChildOutcome], retur
 
 def parent_context(handle: WorkflowHandle) -> core.WorkflowContext | None:
     """The running workflow whose child *handle* is, when this is that workflow's body (its result is a join)."""
-    ctx = core.current_context()
-    if ctx is None or ctx.in_step or handle.parent_id != ctx.workflow_id:
+    ctx = core.workflow_body()
+    if ctx is None or handle.parent_id != ctx.workflow_id:
         return None
     return ctx
 
@@ -220,92 +218,8 @@ def child_result(ctx: WorkflowContextProtocol, handle: WorkflowHandle, timeout: 
     return value
 
 
-class ChildrenAPI:
-    """What ``Durable`` offers for children: ``gather``, ``map``, ``parent_workflow_id`` (and ``start`` inside a workflow)."""
-
-    if TYPE_CHECKING:  # provided by Durable
-        config: DurableConfig
-        _step_workflow: Any
-
-        @property
-        def version(self) -> str: ...
-        @property
-        def engine(self) -> core.Engine: ...
-
-    def _start_child(
-        self, task: Any, args: Sequence[Any], kwargs: dict[str, Any], workflow_id: str | None, timeout: float | None
-    ) -> WorkflowHandle:
-        """``task.start(...)`` inside a workflow body: start a child (a checkpoint) and return its handle."""
-        from .handle import WorkflowHandle
-
-        ctx = core.require_context("start")
-        explicit = v.check_id(workflow_id) if workflow_id is not None else None
-        seconds = v.check_timeout(timeout if timeout is not None else getattr(task, "durable_timeout", None))
-        queue = v.check_queue(getattr(task, "queue", None) or self.config.queue)
-        inputs = [encode_inputs(ctx, task.name, args, kwargs)]
-        (cid,) = start_children(
-            ctx, task.name, inputs, explicit_id=explicit, queue=queue, timeout=seconds, version=self.version
-        )
-        return WorkflowHandle(self, cid, parent_id=ctx.workflow_id)  # type: ignore[arg-type]
-
-    def gather(
-        self, handles: Iterable[WorkflowHandle], *, return_exceptions: bool = False, timeout: float | None = None
-    ) -> list[Any]:
-        """Wait for workflows and return their results in the order given.
-
-        Inside a workflow, on its own children: a durable wait (the workflow leaves its worker and is
-        woken once, when the last child finishes, or the first fails without *return_exceptions*;
-        a replay returns the recorded results). A failed child raises :class:`WorkflowFailed` (its
-        error type and message), a cancelled one :class:`ChildWorkflowCancelled`; with
-        *return_exceptions* those errors are returned in its place. *timeout* raises the builtin
-        ``TimeoutError``. Outside a workflow it blocks, polling each handle's ``result()``.
-        """
-        handles = list(handles)
-        return_exceptions = v.check_flag(return_exceptions, "return_exceptions")
-        seconds = v.check_timeout(timeout)
-        ctx = core.current_context()
-        if ctx is None or ctx.in_step:
-            return _gather_blocking(handles, return_exceptions, seconds)
-        if not handles:
-            return []
-        ids = [h.workflow_id for h in handles]
-        outcomes = join(ctx, ids, fail_fast=not return_exceptions, timeout=seconds)
-        return results(ctx.engine.serializer.loads, outcomes, return_exceptions)
-
-    def map(self, workflow_or_step: Any, iterable: Iterable[Any], *, queue: str | None = None) -> list[Any]:
-        """Run one child workflow per item (``workflow_or_step(item)``) and gather their results, in order.
-
-        Only inside a workflow. A workflow task runs as itself; a step runs as a child workflow of the
-        generic task ``celery_durable.<prefix>map_step``, which calls it once as a checkpointed step
-        (so every worker needs the step registered, as with workflows). The children are started in
-        one transaction (batched inserts) and published on *queue* (default: the workflow's own
-        queue, else the ``queue`` option); the parent is woken once, when the last one finishes or the
-        first one fails (its error is raised as in :meth:`gather`).
-        """
-        ctx = core.require_context("map")
-        step_name = getattr(workflow_or_step, "step_name", None)
-        task = self._step_workflow if step_name is not None else workflow_or_step
-        if not isinstance(getattr(task, "name", None), str) or not hasattr(task, "durable"):
-            raise InvalidArgument(f"map takes a workflow or a step of this Durable, got {v.shown(workflow_or_step)}")
-        queue = v.check_queue(queue or getattr(task, "queue", None) or self.config.queue)
-        lead = (step_name,) if step_name is not None else ()
-        inputs = [encode_inputs(ctx, task.name, (*lead, item), {}) for item in iterable]
-        if not inputs:
-            return []
-        seconds = v.check_timeout(getattr(task, "durable_timeout", None))
-        ids = start_children(
-            ctx, task.name, inputs, explicit_id=None, queue=queue, timeout=seconds, version=self.version
-        )
-        return results(ctx.engine.serializer.loads, join(ctx, ids, fail_fast=True, timeout=None), False)
-
-    @property
-    def parent_workflow_id(self) -> str | None:
-        """The id of the parent of the workflow executing here (``None``: no parent, or outside workflows)."""
-        ctx = core.current_context()
-        return ctx.workflow.parent_id if ctx is not None else None
-
-
-def _gather_blocking(handles: Sequence[WorkflowHandle], return_exceptions: bool, timeout: float | None) -> list[Any]:
+def gather_blocking(handles: Sequence[WorkflowHandle], return_exceptions: bool, timeout: float | None) -> list[Any]:
+    """``gather`` outside a workflow body: wait for each handle's ``result()`` in turn."""
     deadline = None if timeout is None else time.monotonic() + timeout
     values: list[Any] = []
     for h in handles:

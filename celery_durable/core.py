@@ -84,11 +84,26 @@ _CURRENT: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVa
 
 
 def current_context() -> WorkflowContext | None:
-    """Return the context of the workflow executing in this thread, if any."""
+    """Return the context of the workflow executing in this thread (its body or one of its steps), if any.
+
+    Only for what a step may read too (``Durable.workflow_id``); whether an operation acts as a
+    durable one is :func:`workflow_body`'s answer.
+    """
     return _CURRENT.get()
 
 
+def workflow_body() -> WorkflowContext | None:
+    """Return the context of the workflow whose body is executing here: None outside workflows and
+    inside a step (where ``send``, ``start``, a step call... act as they do outside workflows).
+
+    Every place that asks "am I inside a workflow?" asks this (or :func:`require_context`).
+    """
+    ctx = _CURRENT.get()
+    return None if ctx is None or ctx.in_step else ctx
+
+
 def require_context(operation: str) -> WorkflowContext:
+    """Return :func:`workflow_body`'s context; raise :class:`NotInWorkflow` naming *operation* when there is none."""
     ctx = _CURRENT.get()
     if ctx is None:
         raise NotInWorkflow(
