@@ -1,6 +1,8 @@
 """Child workflows: starting them from a workflow, waiting for them durably, gather and map.
 
-The engine side; it imports neither Celery nor SQLAlchemy (the queries are in ``store/sql_children.py``).
+The engine side, an extension built on :class:`~celery_durable.extension.WorkflowContextProtocol`;
+it imports neither Celery nor SQLAlchemy. The calls a workflow makes (``start`` inside a body,
+``gather``, ``map``) are in ``workflow_api.py``, the queries in ``store/sql_children.py``.
 
 * **Starting a child is a checkpoint.** ``other_workflow.start(...)`` inside a workflow takes the next
   step id, and the child's row and that checkpoint are written in one transaction

@@ -11,6 +11,10 @@ takes the new branch) takes the next step id from a counter; when a checkpoint e
 that id its recorded result is returned (after checking that the recorded operation is the
 one being called), otherwise the operation runs and its result is written before it returns.
 
+Engine extensions (children.py, retries.py, versioning.py; flow control next) use a workflow's
+:class:`WorkflowContext` only through :class:`~celery_durable.extension.WorkflowContextProtocol`;
+the API a workflow body calls is in workflow_api.py.
+
 Workflow deadline (``timeout_at``): it is checked before every durable operation and before
 the workflow's result is recorded, so a workflow past its deadline stops at the next step
 boundary and ends CANCELLED with a :class:`~celery_durable.errors.WorkflowTimedOut` as its

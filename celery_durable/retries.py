@@ -1,5 +1,8 @@
 """Durable step retries: the policy, and the attempt loop the engine runs for a step that has one.
 
+An engine extension: it uses the workflow context only through
+:class:`~celery_durable.extension.WorkflowContextProtocol`.
+
 A step with ``retries=N`` may start N + 1 attempts. Waits between attempts leave the worker
 the way a ``recv`` wait does: a wait of kind ``"retry"`` is recorded with its deadline, the task
 ends with a Celery retry whose countdown is that deadline, and the next execution replays the

@@ -28,6 +28,9 @@ just before an older one sees it in histories that predate the new patch. A misp
 caught where it is certain: a marker of *name* recorded at a later step id than where the code
 now asks (the call moved), and any other operation meeting a patch checkpoint (a ``patched`` or
 ``deprecate_patch`` call removed too early) raises :class:`NonDeterministicWorkflow` naming it.
+
+Patches are an engine extension: they use the workflow context only through
+:class:`~celery_durable.extension.WorkflowContextProtocol`.
 """
 
 from __future__ import annotations
