@@ -320,28 +320,11 @@ class WorkflowContext:
         self.store_error: BaseException | None = None
         self.patches: dict[str, bool] = {}
         self.replies_fast = False  # a reply came within adaptive_linger: the next recv lingers (see _linger)
+        # The engine's parts, read-only for extensions (extension.py declares them as properties).
+        self.store, self.config, self.serializer = engine.store, engine.config, engine.serializer
+        self.observers, self.passthrough = engine.observers, engine.passthrough
 
     # -- the extension protocol (extension.py): read-only state ---------------------------------------
-    @property
-    def store(self) -> Store:
-        return self.engine.store
-
-    @property
-    def config(self) -> DurableConfig:
-        return self.engine.config
-
-    @property
-    def serializer(self) -> Serializer:
-        return self.engine.serializer
-
-    @property
-    def observers(self) -> Observers:
-        return self.engine.observers
-
-    @property
-    def passthrough(self) -> tuple[type[BaseException], ...]:
-        return self.engine.passthrough
-
     @property
     def checkpoints(self) -> Mapping[int, StepRecord]:
         return self._steps
