@@ -14,7 +14,7 @@ Invariants:
 
 * **A turn is taken before the step runs, and only for a step with no checkpoint**: a replay of a
   step that finished takes none. A wait of more than :data:`IN_PLACE_LIMIT` seconds is recorded
-  (wait kind ``"rate"``, its deadline the reserved start) and leaves the worker, like a retry's
+  (wait kind ``"rate"``, its deadline :data:`WAKE_AHEAD` before the reserved start) and leaves the worker, like a retry's
   backoff; the execution woken for it finds that wait on the workflow row and uses the turn it
   reserved, without taking another. A step cut off by a crash after its turn takes a new one.
 * **One turn per call**: a step with ``retries`` takes its turn before its first attempt; its
@@ -46,6 +46,9 @@ log = logging.getLogger("celery_durable")
 
 #: A wait for a turn of at most this many seconds sleeps in the worker; a longer one leaves it.
 IN_PLACE_LIMIT = 1.0
+#: A wait that leaves the worker is woken this long before its turn and sleeps the rest in place, so it
+#: starts on time instead of one broker and store round trip late. (Its recorded deadline is this early.)
+WAKE_AHEAD = 0.1
 #: The wait kind recorded on the workflow row while it waits for its turn.
 RATE_WAIT = "rate"
 #: The ``wait_step`` of a workflow waiting for its own admission (no step id is taken for it).
@@ -148,7 +151,7 @@ def step_turn(ctx: WorkflowContextProtocol, step_id: int, name: str, limit: Rate
     """Wait for step *step_id*'s turn of *limit* (it has no checkpoint; it is about to run)."""
     record = ctx.workflow
     if record.wait_kind == RATE_WAIT and record.wait_step == step_id and record.deadline is not None:
-        _wait_until(ctx, step_id, name, record.deadline)  # woken for the turn it reserved: no new one
+        _wait_until(ctx, step_id, name, record.deadline + WAKE_AHEAD)  # woken for the turn it reserved: no new one
         return
     if record.attempt_step == step_id and record.attempts:
         return  # its attempts started already (retries.py): the turn was taken before the first one
@@ -159,7 +162,7 @@ def admit_workflow(ctx: WorkflowContextProtocol, limit: RateLimit, key: str) -> 
     """Wait for the workflow's turn of *limit*, before its body runs, once in its life (module doc)."""
     record = ctx.workflow
     if record.wait_kind == RATE_WAIT and record.wait_step == ADMISSION_STEP and record.deadline is not None:
-        _wait_until(ctx, ADMISSION_STEP, record.name, record.deadline)
+        _wait_until(ctx, ADMISSION_STEP, record.name, record.deadline + WAKE_AHEAD)
         return
     if record.executions != 1:
         return
@@ -184,8 +187,9 @@ def _wait_until(ctx: WorkflowContextProtocol, step_id: int, name: str, until: fl
             ctx.pause(until - now)
         return
     store, lease, horizon = ctx.store, ctx.lease, ctx.config.horizon
+    wake = until - WAKE_AHEAD
     result = ctx.store_call(
-        lambda: store.wait_rate(lease, step_id, name, until, now, horizon), f"the rate limit wait of {name!r}"
+        lambda: store.wait_rate(lease, step_id, name, wake, now, horizon), f"the rate limit wait of {name!r}"
     )
     log.debug("%s of %s waits %.3g s for its turn", name, ctx.workflow_id, until - now)
     ctx.suspend(result.dispatch, {"wait": RATE_WAIT, "step": step_id, "name": name, "until": until})

@@ -60,19 +60,20 @@ def test_a_call_over_the_rate_leaves_the_worker_and_keeps_its_turn(engine: core.
 
     second = engine.execute("b", start(engine, "b"), "body", lambda: step())
     assert isinstance(second, core.Waiting) and second.dispatch is not None
-    assert second.dispatch.countdown == pytest.approx(60)
+    assert second.dispatch.countdown == pytest.approx(60 - flow_rate.WAKE_AHEAD), "woken just before its turn"
     record = engine.store.get_workflow("b")
-    assert (record.status, record.wait_kind, record.wait_step, record.deadline) == ("WAITING", "rate", 0, t0 + 60)
+    assert (record.status, record.wait_kind, record.wait_step) == ("WAITING", "rate", 0)
     assert calls == [""] and clock.slept == []
 
     clock.now += 20  # woken early (a redelivery): it waits for what is left and takes no new turn
     early = engine.execute("b", second.dispatch.ticket, "body", lambda: step())
     assert isinstance(early, core.Waiting) and early.dispatch is not None
-    assert early.dispatch.countdown == pytest.approx(40)
+    assert early.dispatch.countdown == pytest.approx(40 - flow_rate.WAKE_AHEAD)
 
-    clock.now += 40
+    clock.now += 40 - flow_rate.WAKE_AHEAD
     done = engine.execute("b", early.dispatch.ticket, "body", lambda: step())
     assert isinstance(done, core.Finished) and len(calls) == 2
+    assert clock.slept == [pytest.approx(flow_rate.WAKE_AHEAD)], "the rest of the wait in place"
     (checkpoint,) = engine.store.list_steps("b")
     assert checkpoint.started_at == t0 + 60, "the step started at its turn"
     assert next_turn(engine) == t0 + 120, "b used the turn it reserved: the next one is after it"
@@ -158,7 +159,7 @@ def test_a_rate_limited_workflow_waits_for_its_turn_once(engine: core.Engine, cl
     b = engine.execute("b", start(engine, "b"), "body", body)
     assert isinstance(a, core.Waiting) and a.wait is not None and a.wait["wait"] == "sleep"
     assert isinstance(b, core.Waiting) and b.wait is not None and b.wait["wait"] == "rate"
-    assert b.dispatch is not None and b.dispatch.countdown == pytest.approx(60)
+    assert b.dispatch is not None and b.dispatch.countdown == pytest.approx(60 - flow_rate.WAKE_AHEAD)
     assert calls == ["a"], "b's body did not run before its turn"
     record = engine.store.get_workflow("b")
     assert (record.wait_kind, record.wait_step) == ("rate", flow_rate.ADMISSION_STEP)
