@@ -62,7 +62,7 @@ def results(module: Any, handles: list[Any], timeout: float = 120) -> list[Any]:
 
 
 def test_a_step_limited_to_20_per_second_called_200_times_from_2_workers(rateapp: tuple[Any, list[Worker]]) -> None:
-    module, workers = rateapp
+    module, _ = rateapp
     began = time.time()
     handles = [module.one_call.start(i) for i in range(200)]
     starts = results(module, handles)
