@@ -415,11 +415,17 @@ class WorkflowContext:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         policy: RetryPolicy = NO_RETRIES,
+        before: Callable[[WorkflowContext, int, str], None] | None = None,
     ) -> T:
+        """Run step *name* (or return its checkpoint). *before* (an extension's gate: a rate limit's
+        turn, flow_rate.py) is called with this context, the step id and the name when the step has
+        no checkpoint, before it runs; it may sleep or leave the worker (``Suspend``)."""
         step_id = self.take_step()
         recorded = self.recorded(step_id, name, "step")
         if recorded is not None:
             return self.decode_output(recorded)
+        if before is not None:
+            before(self, step_id, name)
         engine = self.engine
         started = engine.clock()
 

@@ -27,7 +27,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import task_postrun, task_revoked
 
 from . import celery_results as results
-from . import core, hooks, versioning, workflow_api
+from . import core, flow_rate, hooks, versioning, workflow_api
 from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
@@ -220,16 +220,23 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         ``timeout=`` (seconds) is the default deadline of each workflow, counted from its start
         (``start(..., timeout=)`` overrides it). ``queue=`` (default: the ``queue`` option) is where its
         messages go; it is stored with each workflow, so wake-ups and recovery publish there too.
-        Other Celery task options (``name=``, ``priority=``, ...) pass through.
+        ``rate_limit="20/s"`` (``N/s``, ``N/m``, ``N/h``) admits at most N workflows of this name per
+        period across every worker and host, spaced evenly (their first execution waits for its turn;
+        a wait over a second leaves the worker); ``rate_key=`` (a parameter name or a callable of the
+        arguments) makes it one limit per value (see flow_rate.py). It replaces Celery's per-worker
+        ``rate_limit`` task option. Other Celery task options (``name=``, ``priority=``, ...) pass through.
         """
         if fn is None:
             return lambda f: self.workflow(f, **task_options)
         timeout = core.check_timeout(task_options.pop("timeout", None))
         durable = self
+        # Not Celery's per-worker rate_limit: the cluster-wide one of flow_rate.py (declared below, by task name).
+        rate_limit, rate_key = task_options.pop("rate_limit", None), task_options.pop("rate_key", None)
+        body = [fn]
 
         @functools.wraps(fn)
         def run(task: Task, *args: Any, **kwargs: Any) -> Any:
-            return durable._run(task, fn, args, kwargs)
+            return durable._run(task, body[0], args, kwargs)
 
         options: dict[str, Any] = {
             "bind": True,
@@ -245,6 +252,9 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         options["durable_timeout"] = timeout  # becomes an attribute of the task class, read by _start
         task = self.app.task(**options)(run)
         v.check_name(task.name, "workflow name")  # stored with every workflow: refuse it now, not at start
+        rate = flow_rate.declare("workflow", task.name, fn, rate_limit, rate_key)
+        if rate is not None:
+            body[0] = workflow_api.rate_limited_body(fn, rate)
         self._register(task.name, fn)
         return task
 
@@ -261,6 +271,8 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         backoff: float = 2.0,
         max_interval: float = 3600.0,
         retry_on: type[Exception] | tuple[type[Exception], ...] = (Exception,),
+        rate_limit: str | float | None = None,
+        rate_key: str | Callable[..., Any] | None = None,
     ) -> Callable[[F], F]: ...
     def step(
         self,
@@ -272,6 +284,8 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         backoff: float = 2.0,
         max_interval: float = 3600.0,
         retry_on: type[Exception] | tuple[type[Exception], ...] = (Exception,),
+        rate_limit: str | float | None = None,
+        rate_key: str | Callable[..., Any] | None = None,
     ) -> Any:
         """Make a function a checkpointed step. Outside a workflow it runs as a plain function.
 
@@ -281,16 +295,23 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         leave the worker like a ``recv`` wait, and the attempt count is stored, so a crash neither
         resets nor repeats it (see retries.py). The final error keeps its type and message and
         notes how many attempts were made.
+
+        ``rate_limit="20/s"`` (``N/s``, ``N/m``, ``N/h``): across every worker and host, calls of this
+        step start at most N per period, spaced evenly; a call waits for its turn before it runs (in
+        place up to a second, else it leaves the worker like a retry pause). ``rate_key=`` (a
+        parameter name or a callable of the arguments) makes it one limit per value. A replay of a
+        finished call takes no turn (see flow_rate.py).
         """
         errors = retry_on if isinstance(retry_on, tuple) else (retry_on,)
         policy = RetryPolicy(retries, retry_interval, backoff, max_interval, errors)
         if fn is None:
-            return lambda f: self._step(f, name, policy)
-        return self._step(fn, name, policy)
+            return lambda f: self._step(f, name, policy, rate_limit, rate_key)
+        return self._step(fn, name, policy, rate_limit, rate_key)
 
-    def _step(self, fn: F, name: str | None, policy: RetryPolicy) -> F:
+    def _step(self, fn: F, name: str | None, policy: RetryPolicy, rate_limit: Any = None, rate_key: Any = None) -> F:
         step_name = v.check_id(name or f"{fn.__module__}.{fn.__qualname__}", "step name")
-        wrapper = workflow_api.as_step(fn, step_name, policy)
+        rate = flow_rate.declare("step", step_name, fn, rate_limit, rate_key)
+        wrapper = workflow_api.as_step(fn, step_name, policy, rate)
         self._steps[step_name] = wrapper  # hook (children): map runs steps by name
         self._register(step_name, fn)
         return wrapper

@@ -18,7 +18,7 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from . import children, core
+from . import children, core, flow_rate
 from . import validation as v
 from .errors import InvalidArgument
 from .retries import RetryPolicy
@@ -31,19 +31,40 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # -- the in-workflow halves of operations that also work outside workflows -----------------------------
-def as_step(fn: F, step_name: str, policy: RetryPolicy) -> F:
+def as_step(fn: F, step_name: str, policy: RetryPolicy, rate: flow_rate.RateLimit | None = None) -> F:
     """Wrap *fn* as the checkpointed step *step_name*: in a workflow body a call is a step; elsewhere
-    (outside workflows, inside another step) it is a plain call."""
+    (outside workflows, inside another step) it is a plain call. With *rate*, each call in a workflow
+    body waits for its turn of that rate limit before it runs (flow_rate.py)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = core.workflow_body()
         if ctx is None:
             return fn(*args, **kwargs)
-        return ctx.run_step(step_name, fn, args, kwargs, policy)
+        if rate is None:
+            return ctx.run_step(step_name, fn, args, kwargs, policy)
+        gate = functools.partial(_step_turn, rate, rate.key(args, kwargs))
+        return ctx.run_step(step_name, fn, args, kwargs, policy, gate)
 
     wrapper.step_name = step_name  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def rate_limited_body(fn: F, rate: flow_rate.RateLimit) -> F:
+    """Wrap the body *fn* of a workflow with ``rate_limit``: its first execution waits for its turn
+    before the body runs (flow_rate.admit_workflow)."""
+
+    @functools.wraps(fn)
+    def body(*args: Any, **kwargs: Any) -> Any:
+        ctx = core.require_context("a rate-limited workflow")
+        flow_rate.admit_workflow(ctx, rate, rate.key(args, kwargs))
+        return fn(*args, **kwargs)
+
+    return body  # type: ignore[return-value]
+
+
+def _step_turn(rate: flow_rate.RateLimit, key: str, ctx: core.WorkflowContext, step_id: int, name: str) -> None:
+    flow_rate.step_turn(ctx, step_id, name, rate, key)
 
 
 def send(

@@ -258,6 +258,30 @@ class Store(abc.ABC):
         ``WorkflowCancelled`` when the workflow was cancelled.
         """
 
+    # -- rate limits (sql_rate.py) ------------------------------------------------------------------
+    @abc.abstractmethod
+    def take_turn(self, limit: str, key: str, interval: float, now: float, lease: Lease | None = None) -> float:
+        """Reserve the next start of rate limit *limit* for the value *key*; return the reserved start time.
+
+        One atomic statement: the start reserved is ``max(previous + interval, now)``, where
+        *previous* is the start this (limit, key) reserved last (none the first time: *now*), and it
+        becomes the new *previous*. Concurrent callers, in any process or host, are serialised, so the
+        starts reserved for one (limit, key) are at least *interval* apart: any window of N intervals
+        holds at most N of them. A reservation is never given back. With *lease* it runs on the
+        execution's connection (an execution's turn), without one on a pooled connection.
+        """
+
+    @abc.abstractmethod
+    def wait_rate(self, lease: Lease, step_id: int, name: str, until: float, now: float, horizon: float) -> Suspended:
+        """Record that step *step_id* (called *name*; -1: the workflow's own admission) waits for its
+        turn of a rate limit, reserved at *until*.
+
+        Like :meth:`wait_retry`, with wait kind ``"rate"``: the workflow becomes WAITING with deadline
+        *until*, its ticket is bumped, nothing but its timer wakes it, and the sweep arms and re-arms
+        that timer as for any wait. No checkpoint is written. Raises ``WorkflowCancelled`` when the
+        workflow was cancelled.
+        """
+
     @abc.abstractmethod
     def finish(
         self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float

@@ -42,6 +42,7 @@ class Tables:
     steps: sa.Table
     messages: sa.Table
     events: sa.Table
+    rate_limits: sa.Table
 
 
 def _v2_workflow_columns() -> list[sa.Column[Any]]:
@@ -163,7 +164,15 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         sa.Column("value", sa.Text, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
     )
-    return Tables(prefix, md, version_table, workflows, steps, messages, events)
+    # Rate limits (sql_rate.py): one row per (limit, key value), the start time last reserved on it.
+    rate_limits = sa.Table(
+        f"{prefix}rate_limits",
+        md,
+        sa.Column("limit_name", sa.String(MAX_ID_LENGTH), primary_key=True),  # "step:<name>" or "workflow:<name>"
+        sa.Column("key", sa.String(MAX_ID_LENGTH), primary_key=True),  # the rate_key's value ('' without one)
+        sa.Column("reserved", sa.Float, nullable=False),  # the latest start time granted on this row
+    )
+    return Tables(prefix, md, version_table, workflows, steps, messages, events, rate_limits)
 
 
 def _v1_initial(conn: sa.Connection, tables: Tables) -> None:
@@ -197,6 +206,10 @@ def _v4_task_options(conn: sa.Connection, tables: Tables) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {w.name} ADD COLUMN {ddl}")
 
 
+def _v5_rate_limits(conn: sa.Connection, tables: Tables) -> None:
+    tables.rate_limits.create(conn, checkfirst=True)
+
+
 # Append new migrations here; never edit one that has shipped.
-MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations, _v3_children, _v4_task_options]
+MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations, _v3_children, _v4_task_options, _v5_rate_limits]
 LATEST_VERSION = len(MIGRATIONS)
