@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import enum
 import json
 from dataclasses import dataclass, field
@@ -70,15 +69,6 @@ class WorkflowRecord:
     task_options: str | None = None
     #: At most one unfinished workflow of this name has this key (``start(..., dedup_key=...)``).
     dedup_key: str | None = None
-    #: The tick of the schedule that started it (epoch seconds); see :attr:`scheduled_for`.
-    schedule_tick: float | None = None
-
-    @property
-    def scheduled_for(self) -> datetime.datetime | None:
-        """The tick of the schedule that started this run, timezone-aware (UTC); ``None`` when no schedule did."""
-        if self.schedule_tick is None:
-            return None
-        return datetime.datetime.fromtimestamp(self.schedule_tick, datetime.timezone.utc)
 
     @property
     def error_summary(self) -> str | None:

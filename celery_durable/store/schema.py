@@ -42,7 +42,6 @@ class Tables:
     steps: sa.Table
     messages: sa.Table
     events: sa.Table
-    schedules: sa.Table
 
 
 def _v2_workflow_columns() -> list[sa.Column[Any]]:
@@ -77,12 +76,10 @@ def _v4_workflow_columns() -> list[sa.Column[Any]]:
 
 
 def _v5_workflow_columns() -> list[sa.Column[Any]]:
-    """Columns schema version 5 added to the workflows table (flow control: deduplication, schedules)."""
+    """Columns schema version 5 added to the workflows table (flow control: deduplication)."""
     return [
         # At most one unfinished workflow per (name, dedup_key): the partial unique index below.
         sa.Column("dedup_key", sa.String(MAX_ID_LENGTH)),
-        # The tick (epoch seconds) a scheduled run belongs to (sql_schedules.py); NULL: not scheduled.
-        sa.Column("schedule_tick", sa.Float),
     ]
 
 
@@ -101,27 +98,6 @@ def _dedup_index(prefix: str, workflows: sa.Table) -> sa.Index:
         unique=True,
         postgresql_where=active,
         sqlite_where=active,
-    )
-
-
-def _schedules_table(prefix: str, md: sa.MetaData) -> sa.Table:
-    """Schedules (sql_schedules.py): one row per name, upserted when code registers it."""
-    return sa.Table(
-        f"{prefix}schedules",
-        md,
-        sa.Column("name", sa.String(MAX_ID_LENGTH), primary_key=True),
-        sa.Column("workflow", sa.String(MAX_ID_LENGTH), nullable=False),  # the workflow (task) name it starts
-        sa.Column("spec", sa.Text, nullable=False),  # JSON: when it ticks (schedules.py)
-        sa.Column("inputs", sa.Text, nullable=False),  # serialized {"args", "kwargs"}, as a workflow's inputs
-        sa.Column("queue", sa.String(MAX_ID_LENGTH)),
-        sa.Column("overlap", sa.String(16), nullable=False),  # skip, allow, buffer_one
-        sa.Column("catchup", sa.Float),  # seconds of missed ticks started after downtime; NULL: none
-        sa.Column("paused", sa.Boolean, nullable=False, default=False),
-        sa.Column("next_tick", sa.Float),  # the first tick not decided yet (epoch seconds); NULL: none
-        sa.Column("buffered_tick", sa.Float),  # overlap="buffer_one": the tick waiting for the run in flight
-        sa.Column("last_run_id", sa.String(MAX_ID_LENGTH)),  # the run started last (overlap looks at it)
-        sa.Column("created_at", sa.Float, nullable=False),
-        sa.Column("updated_at", sa.Float, nullable=False),
     )
 
 
@@ -216,8 +192,7 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         sa.Column("value", sa.Text, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
     )
-    schedules = _schedules_table(prefix, md)
-    return Tables(prefix, md, version_table, workflows, steps, messages, events, schedules)
+    return Tables(prefix, md, version_table, workflows, steps, messages, events)
 
 
 def _v1_initial(conn: sa.Connection, tables: Tables) -> None:
@@ -251,7 +226,7 @@ def _v4_task_options(conn: sa.Connection, tables: Tables) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {w.name} ADD COLUMN {ddl}")
 
 
-def _v5_dedup_schedules(conn: sa.Connection, tables: Tables) -> None:
+def _v5_dedup(conn: sa.Connection, tables: Tables) -> None:
     w = tables.workflows
     for column in _v5_workflow_columns():
         ddl = sa.schema.CreateColumn(w.c[column.name]).compile(dialect=conn.dialect)
@@ -259,9 +234,8 @@ def _v5_dedup_schedules(conn: sa.Connection, tables: Tables) -> None:
     for index in w.indexes:
         if index.name == f"{tables.prefix}workflows_dedup":
             index.create(conn)
-    tables.schedules.create(conn, checkfirst=True)
 
 
 # Append new migrations here; never edit one that has shipped.
-MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations, _v3_children, _v4_task_options, _v5_dedup_schedules]
+MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations, _v3_children, _v4_task_options, _v5_dedup]
 LATEST_VERSION = len(MIGRATIONS)

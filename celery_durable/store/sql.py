@@ -168,7 +168,6 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, Store):
             trace_context=m["trace_context"],
             task_options=m["task_options"],
             dedup_key=m["dedup_key"],
-            schedule_tick=m["schedule_tick"],
         )
 
     @staticmethod

@@ -56,7 +56,6 @@ class Workflow(models.Model):
     awaiting = models.IntegerField(null=True)  # ... and on the parent, awaited children not finished
     task_options = models.TextField(null=True)  # the start message's Celery canvas, fired at the finish
     dedup_key = models.CharField(max_length=MAX_ID_LENGTH, null=True)  # start(dedup_key=...): one unfinished per key
-    schedule_tick = models.FloatField(null=True)  # the schedule tick (epoch seconds) that started it
 
     class Meta:
         managed = False

@@ -1,7 +1,7 @@
-"""Library schema version 5 (flow control: a workflow's dedup key and schedule tick, and the schedules table).
+"""Library schema version 5 (flow control: a workflow's dedup key, one unfinished workflow per key).
 
-The columns and the table are the library's (store/schema.py, migration 5); the models only read
-the columns, and the schedules table needs no model.
+The column and its unique partial index are the library's (store/schema.py, migration 5); the
+models only read the column.
 """
 
 from __future__ import annotations
@@ -20,5 +20,4 @@ class Migration(migrations.Migration):
     operations = [
         migrations.RunPython(_initial.migrate_store, migrations.RunPython.noop),
         migrations.AddField("workflow", "dedup_key", models.CharField(max_length=255, null=True)),
-        migrations.AddField("workflow", "schedule_tick", models.FloatField(null=True)),
     ]
