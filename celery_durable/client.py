@@ -168,15 +168,29 @@ class Client:
         workflow_id: str | None = None,
         queue: str | None = None,
         timeout: float | None = None,
+        dedup_key: str | None = None,
+        on_conflict: str = "return_existing",
         **kwargs: Any,
     ) -> WorkflowHandle:
         """Start the workflow registered under the task *name* with ``*args``/``**kwargs``; return its handle.
 
         The id is an idempotency key: an existing id returns its handle and starts nothing (another
         workflow name under that id raises ``WorkflowConflict``). *queue* defaults to the ``queue``
-        option; *timeout* (seconds) fixes the workflow's own deadline.
+        option; *timeout* (seconds) fixes the workflow's own deadline. With *dedup_key*, at most one
+        workflow of *name* with that key is unfinished at a time: while one is, this returns its handle
+        and starts nothing (*on_conflict* ``"return_existing"``) or raises ``DuplicateWorkflow``
+        (``"raise"``); once it finished, the key is free again.
         """
-        record = self.management.start(name, args, kwargs, workflow_id=workflow_id, queue=queue, timeout=timeout)
+        record = self.management.start(
+            name,
+            args,
+            kwargs,
+            workflow_id=workflow_id,
+            queue=queue,
+            timeout=timeout,
+            dedup_key=dedup_key,
+            on_conflict=on_conflict,
+        )
         return WorkflowHandle(self, record.workflow_id)
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
@@ -301,7 +315,8 @@ class Client:
         not); when the workflow body raised the error, the body runs again with every checkpoint
         kept. A message a dropped ``recv`` had consumed is received again; a ``send`` after the
         failed step is sent again. A deadline (``timeout``) that has passed is cleared. Any other
-        status changes nothing. Unknown ids raise ``WorkflowNotFound``.
+        status changes nothing. Unknown ids raise ``WorkflowNotFound``; a workflow started with a
+        ``dedup_key`` that another unfinished workflow holds now raises ``DuplicateWorkflow``.
         """
         return WorkflowHandle(self, self.management.resume(workflow_id).workflow_id)
 

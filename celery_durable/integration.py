@@ -102,16 +102,28 @@ class WorkflowTask(Task):
     durable_queue: str | None = None
 
     def start(
-        self, *args: Any, workflow_id: str | None = None, timeout: float | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+        dedup_key: str | None = None,
+        on_conflict: str = "return_existing",
+        **kwargs: Any,
     ) -> WorkflowHandle:
         """Start the workflow (or find it: the id is an idempotency key) and return its handle.
 
         *timeout* (seconds, default the workflow's own ``timeout``) fixes its deadline now: once it
         passes, the workflow stops and ends CANCELLED (``result()`` raises ``WorkflowTimedOut``).
+        With *dedup_key*, at most one workflow of this name with that key is unfinished at a time:
+        while one is, this returns its handle and starts nothing (*on_conflict* ``"return_existing"``)
+        or raises ``DuplicateWorkflow`` (``"raise"``). ``apply_async`` takes the same two options.
         """
         if core.workflow_body() is not None:  # hook (children): inside a workflow, start a child (a checkpoint)
+            if dedup_key is not None:
+                raise InvalidArgument("dedup_key is not supported when a workflow starts a child; give it a workflow_id")
             return self.durable._start_child(self, args, kwargs, workflow_id, timeout)
-        result = self.durable._start(self, args, kwargs, workflow_id, {}, timeout=timeout)
+        options = {"dedup_key": dedup_key, "on_conflict": on_conflict}
+        result = self.durable._start(self, args, kwargs, workflow_id, options, timeout=timeout)
         return WorkflowHandle(self.durable, result.id)  # it exists: _start just stored or found it
 
     def apply_async(
@@ -332,6 +344,7 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         # The canvas fires when the workflow finishes, from the execution that finishes it: stored
         # with the workflow, never carried by its messages (celery_results.py).
         canvas = results.take_canvas(options)
+        dedup_key, on_conflict = options.pop("dedup_key", None), options.pop("on_conflict", "return_existing")
         record, created = self.management.create(
             task.name,
             args,
@@ -342,6 +355,8 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
             version=self.version,
             parent_id=None,
             task_options=canvas,
+            dedup_key=dedup_key,
+            on_conflict=on_conflict,
         )
         workflow_id = record.workflow_id
         result = results.WorkflowResult(workflow_id, self, app=self.app, backend=task.backend)

@@ -19,12 +19,22 @@ from typing import Any
 
 from . import core, workflow_api
 from . import validation as v
-from .errors import WorkflowConflict, WorkflowNotFound
+from .errors import DuplicateWorkflow, InvalidArgument, WorkflowConflict, WorkflowNotFound
 from .handle import decode_result
 from .serialization import check_stored_text
 from .store import Dispatch, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
 
 PRUNE_BATCH = 500
+ON_CONFLICT = ("return_existing", "raise")
+
+
+def check_dedup(dedup_key: Any, on_conflict: Any) -> tuple[str | None, str]:
+    """Check ``start``'s *dedup_key* (a name, or None) and *on_conflict* (one of ``ON_CONFLICT``)."""
+    if on_conflict not in ON_CONFLICT:
+        raise InvalidArgument(
+            f"on_conflict must be one of {', '.join(repr(c) for c in ON_CONFLICT)}, got {v.shown(on_conflict)}"
+        )
+    return (None if dedup_key is None else core.check_id(dedup_key, "dedup_key")), on_conflict
 
 
 class Management:
@@ -49,14 +59,19 @@ class Management:
         version: str | None,
         parent_id: str | None,
         task_options: str | None = None,
+        dedup_key: str | None = None,
+        on_conflict: str = "return_existing",
     ) -> tuple[WorkflowRecord, bool]:
         """Store a new PENDING workflow (or find it: the id is an idempotency key); return it and whether it is new.
 
         Every start goes through here; the caller publishes the first task message of a new one.
         *timeout* fixes the workflow's own deadline at ``now + timeout``; *task_options* is the task
-        system's opaque text, given back with the record (Celery: the start's canvas).
+        system's opaque text, given back with the record (Celery: the start's canvas). While an
+        unfinished workflow of *name* holds *dedup_key*, it is returned instead (*on_conflict*
+        ``"return_existing"``) or ``DuplicateWorkflow`` is raised (``"raise"``).
         """
         core.check_id(name, "workflow name")
+        dedup_key, on_conflict = check_dedup(dedup_key, on_conflict)
         workflow_id = core.check_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
         seconds = core.check_timeout(timeout)
         try:
@@ -76,7 +91,13 @@ class Management:
             timeout_at=None if seconds is None else now + seconds,
             trace_context=engine.observers.start_context(name, workflow_id) if engine.observers else None,  # observer hook
             task_options=task_options,
+            dedup_key=dedup_key,
         )
+        if not created and record.workflow_id != workflow_id and on_conflict == "raise":
+            raise DuplicateWorkflow(
+                f"workflow {name!r} with dedup_key {dedup_key!r} is already active: {record.workflow_id!r} "
+                f"({record.status.value}); it was not started again"
+            )
         if not created and record.name != name:
             raise WorkflowConflict(
                 f"workflow id {workflow_id!r} is already used by workflow {record.name!r}, not {name!r}"
@@ -94,6 +115,8 @@ class Management:
         timeout: float | None = None,
         version: str | None = None,
         parent_id: str | None = None,
+        dedup_key: str | None = None,
+        on_conflict: str = "return_existing",
     ) -> WorkflowRecord:
         """:meth:`create`, then publish the new workflow's first message by its task name."""
         record, created = self.create(
@@ -105,6 +128,8 @@ class Management:
             timeout=timeout,
             version=version,
             parent_id=parent_id,
+            dedup_key=dedup_key,
+            on_conflict=on_conflict,
         )
         if created:
             self.engine.publish_all([Dispatch(record.workflow_id, record.name, record.queue, record.ticket)])

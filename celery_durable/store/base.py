@@ -76,8 +76,9 @@ class Store(abc.ABC):
         timeout_at: float | None = None,
         trace_context: str | None = None,
         task_options: str | None = None,
+        dedup_key: str | None = None,
     ) -> tuple[WorkflowRecord, bool]:
-        """Insert a PENDING workflow with ticket 0 unless the id exists.
+        """Insert a PENDING workflow with ticket 0 unless the id exists, or *dedup_key* is held.
 
         *version* is the application version starting it, *parent_id* the workflow that started
         it as a child, *timeout_at* its own deadline (absolute, fixed for its whole life),
@@ -86,6 +87,13 @@ class Store(abc.ABC):
         a fork does not copy them); each is stored as given.
         Return the stored record and whether this call created it. An existing row is
         returned unchanged whatever its name: the caller decides what a conflict means.
+
+        **Deduplication.** At most one unfinished workflow (any status but SUCCESS, ERROR and
+        CANCELLED) of a *name* holds a given *dedup_key*, whatever the number of concurrent callers:
+        the database enforces it. The id comes first: an existing *workflow_id* is returned as above
+        whatever its key. Otherwise, while another unfinished workflow of *name* holds *dedup_key*,
+        nothing is written and that workflow is returned (with ``created`` false and its own id);
+        once it finished, the key is free and the workflow is created.
         """
 
     @abc.abstractmethod
@@ -375,6 +383,8 @@ class Store(abc.ABC):
         passed is cleared (it would stop the workflow at once) and so is a retry count of a deleted
         step. Returns the record after the change and the :class:`Dispatch` to publish. Otherwise
         nothing changes: returns the current record and ``None`` (``(None, None)`` when unknown).
+        A workflow with a ``dedup_key`` that another unfinished workflow of its name holds now is
+        not resumed: raises ``DuplicateWorkflow`` (naming the holder) and changes nothing.
         """
 
     @abc.abstractmethod

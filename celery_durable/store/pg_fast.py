@@ -100,11 +100,17 @@ class PgFastPath:
         self._fq_unlock = f"SELECT pg_advisory_unlock({KEY})"
         self._fq_create = (
             f"INSERT INTO {w} (workflow_id, name, status, inputs, queue, ticket, executions, created_at, updated_at, "
-            "dispatched_at, version, parent_id, timeout_at, trace_context, task_options) VALUES (%(p_wid)s, %(p_name)s, 'PENDING', "
-            "%(p_inputs)s, %(p_queue)s, 0, 0, %(p_now)s, %(p_now)s, %(p_now)s, %(p_version)s, %(p_parent_id)s, %(p_timeout_at)s, "
-            f"%(p_trace_context)s, %(p_task_options)s) ON CONFLICT (workflow_id) DO NOTHING RETURNING {cols}"
+            "dispatched_at, version, parent_id, timeout_at, trace_context, task_options, dedup_key) VALUES (%(p_wid)s, "
+            "%(p_name)s, 'PENDING', %(p_inputs)s, %(p_queue)s, 0, 0, %(p_now)s, %(p_now)s, %(p_now)s, %(p_version)s, "
+            "%(p_parent_id)s, %(p_timeout_at)s, %(p_trace_context)s, %(p_task_options)s, %(p_dedup_key)s) "
+            # No conflict target: the id's primary key, or the dedup index when a key is given.
+            f"ON CONFLICT DO NOTHING RETURNING {cols}"
         )
         self._fq_get = f"SELECT {cols} FROM {w} WHERE workflow_id = %(p_wid)s"
+        self._fq_get_dedup = (
+            f"SELECT {cols} FROM {w} WHERE name = %(p_name)s AND dedup_key = %(p_dedup_key)s "
+            "AND status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED')"
+        )
         # A send from outside a workflow; see PostgresStore.send for why it is correct in one statement.
         self._fq_send = (
             f"WITH lk AS MATERIALIZED (SELECT pg_advisory_xact_lock({KEY}) AS x), "
@@ -223,6 +229,9 @@ class PgFastPath:
                 return self._record(row), True
             row = raw.execute(self._fq_get, params).fetchone()
             PgFastPath.raw_statements += 1
+            if row is None and params["p_dedup_key"] is not None:  # the conflict was on the dedup index
+                row = raw.execute(self._fq_get_dedup, params).fetchone()
+                PgFastPath.raw_statements += 1
         return (self._record(row), False) if row is not None else None
 
     def claim(self, workflow_id: str, ticket: int, now: float) -> tuple[Any, Execution | None]:

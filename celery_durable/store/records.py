@@ -67,6 +67,8 @@ class WorkflowRecord:
     trace_context: str | None = None
     #: Opaque text the task system stored at start (Celery: the start message's canvas options).
     task_options: str | None = None
+    #: At most one unfinished workflow of this name has this key (``start(..., dedup_key=...)``).
+    dedup_key: str | None = None
 
     @property
     def error_summary(self) -> str | None:

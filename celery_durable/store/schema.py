@@ -76,6 +76,32 @@ def _v4_workflow_columns() -> list[sa.Column[Any]]:
     ]
 
 
+def _v6_workflow_columns() -> list[sa.Column[Any]]:
+    """Columns schema version 6 added to the workflows table (flow control: deduplication)."""
+    return [
+        # At most one unfinished workflow per (name, dedup_key): the partial unique index below.
+        sa.Column("dedup_key", sa.String(MAX_ID_LENGTH)),
+    ]
+
+
+#: Statuses of a finished workflow: a dedup key is free again once its workflow has one of them.
+FINISHED_STATUSES = ("SUCCESS", "ERROR", "CANCELLED")
+
+
+def _dedup_index(prefix: str, workflows: sa.Table) -> sa.Index:
+    # Unfinished = not finished, so any status added later (an admission queue's ENQUEUED) holds the key too.
+    # Statuses already change the (indexed) status column, so the index costs no HOT update it did not cost.
+    active = sa.and_(workflows.c.dedup_key.is_not(None), workflows.c.status.not_in(FINISHED_STATUSES))
+    return sa.Index(
+        f"{prefix}workflows_dedup",
+        workflows.c.name,
+        workflows.c.dedup_key,
+        unique=True,
+        postgresql_where=active,
+        sqlite_where=active,
+    )
+
+
 def build_tables(prefix: str, version: int | None = None) -> Tables:
     """Declare the schema under *prefix*: the newest, or as it stood at schema *version*."""
     version = LATEST_VERSION if version is None else version
@@ -105,6 +131,7 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         *(_v2_workflow_columns() if version >= 2 else []),
         *(_v3_workflow_columns() if version >= 3 else []),
         *(_v4_workflow_columns() if version >= 4 else []),
+        *(_v6_workflow_columns() if version >= 6 else []),
     )
     sa.Index(f"{prefix}workflows_created", workflows.c.created_at)
     sa.Index(f"{prefix}workflows_status", workflows.c.status, workflows.c.created_at)
@@ -117,6 +144,8 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         # The sweep looks for unfinished workflows whose own deadline passed.
         timed = workflows.c.timeout_at.is_not(None)
         sa.Index(f"{prefix}workflows_timeout", workflows.c.timeout_at, postgresql_where=timed, sqlite_where=timed)
+    if version >= 6:
+        _dedup_index(prefix, workflows)
     steps = sa.Table(
         f"{prefix}steps",
         md,
@@ -210,6 +239,23 @@ def _v5_rate_limits(conn: sa.Connection, tables: Tables) -> None:
     tables.rate_limits.create(conn, checkfirst=True)
 
 
+def _v6_dedup(conn: sa.Connection, tables: Tables) -> None:
+    w = tables.workflows
+    for column in _v6_workflow_columns():
+        ddl = sa.schema.CreateColumn(w.c[column.name]).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {w.name} ADD COLUMN {ddl}")
+    for index in w.indexes:
+        if index.name == f"{tables.prefix}workflows_dedup":
+            index.create(conn)
+
+
 # Append new migrations here; never edit one that has shipped.
-MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [_v1_initial, _v2_operations, _v3_children, _v4_task_options, _v5_rate_limits]
+MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [
+    _v1_initial,
+    _v2_operations,
+    _v3_children,
+    _v4_task_options,
+    _v5_rate_limits,
+    _v6_dedup,
+]
 LATEST_VERSION = len(MIGRATIONS)

@@ -26,7 +26,7 @@ from .records import (
     WorkflowRecord,
     WorkflowStatus,
 )
-from .schema import ACTIVE_STATUSES, CLEARED_WAIT, LATEST_VERSION, MIGRATIONS, build_tables
+from .schema import ACTIVE_STATUSES, CLEARED_WAIT, FINISHED_STATUSES, LATEST_VERSION, MIGRATIONS, build_tables
 from .sql_children import SQLChildren
 from .sql_lease import SQLLease
 from .sql_messages import SQLMessages
@@ -168,6 +168,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimi
             attempts=m["attempts"],
             trace_context=m["trace_context"],
             task_options=m["task_options"],
+            dedup_key=m["dedup_key"],
         )
 
     @staticmethod
@@ -251,6 +252,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimi
         timeout_at: float | None = None,
         trace_context: str | None = None,
         task_options: str | None = None,
+        dedup_key: str | None = None,
     ) -> tuple[WorkflowRecord, bool]:
         params = {
             "p_wid": workflow_id,
@@ -263,9 +265,12 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimi
             "p_timeout_at": timeout_at,
             "p_trace_context": trace_context,
             "p_task_options": task_options,
+            "p_dedup_key": dedup_key,
         }
         # One atomic statement: no transaction needed. A conflict means the row exists (only
         # prune() deletes workflows, and only long-finished ones), so reading it afterwards is safe.
+        # With a dedup key the conflict may be on the dedup index instead, and the holder may
+        # finish before we read it: then nothing is found and the insert is tried again.
         while True:
             found = self._create_or_find(params)
             if found is not None:
@@ -279,7 +284,17 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimi
             if row is not None:
                 return self._workflow(row), True
             existing = self._select_workflow(conn, params["p_wid"])
+            if existing is None and params["p_dedup_key"] is not None:
+                existing = self._select_deduplicated(conn, params["p_name"], params["p_dedup_key"])
         return (existing, False) if existing is not None else None
+
+    def _select_deduplicated(self, conn: sa.Connection, name: str, dedup_key: str) -> WorkflowRecord | None:
+        """The unfinished workflow of *name* holding *dedup_key*, if any (the dedup index holds at most one)."""
+        w = self.t.workflows
+        row = conn.execute(
+            sa.select(w).where(w.c.name == name, w.c.dedup_key == dedup_key, w.c.status.not_in(FINISHED_STATUSES))
+        ).first()
+        return self._workflow(row) if row is not None else None
 
     def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
         with self._connect() as conn:
@@ -324,8 +339,10 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimi
                 timeout_at=sa.bindparam("p_timeout_at", type_=w.c.timeout_at.type),
                 trace_context=sa.bindparam("p_trace_context", type_=w.c.trace_context.type),
                 task_options=sa.bindparam("p_task_options", type_=w.c.task_options.type),
+                dedup_key=sa.bindparam("p_dedup_key", type_=w.c.dedup_key.type),
             )
-            .on_conflict_do_nothing(index_elements=[w.c.workflow_id])
+            # No conflict target: the id's primary key, or the dedup index when a key is given.
+            .on_conflict_do_nothing()
             .returning(*w.c)
         )
         self._q_begin = (

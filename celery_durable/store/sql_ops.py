@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ..errors import DuplicateWorkflow
 from .records import Dispatch, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
 from .schema import CLEARED_WAIT
 from .sql_lease import SQLLease
@@ -43,6 +44,7 @@ class SQLOperations:
         @staticmethod
         def _step(row: Any) -> StepRecord: ...
         def _running_row(self, conn: sa.Connection, workflow_id: str) -> WorkflowRecord: ...
+        def _select_deduplicated(self, conn: sa.Connection, name: str, dedup_key: str) -> WorkflowRecord | None: ...
 
     def list_workflows(
         self,
@@ -130,6 +132,27 @@ class SQLOperations:
     def resume(
         self, workflow_id: str, ticket: int, drop_from: int | None, now: float
     ) -> tuple[WorkflowRecord | None, Dispatch | None]:
+        try:
+            return self._resume(workflow_id, ticket, drop_from, now)
+        except sa.exc.IntegrityError:
+            # Only the dedup index can refuse it: a workflow with its key started between our check and our update.
+            wf = self._select_workflow_now(workflow_id)
+            holder = self._deduplicated_now(wf)
+            raise _duplicate(wf, holder) from None
+
+    def _select_workflow_now(self, workflow_id: str) -> WorkflowRecord | None:
+        with self._tx() as conn:
+            return self._select_workflow(conn, workflow_id)
+
+    def _deduplicated_now(self, wf: WorkflowRecord | None) -> WorkflowRecord | None:
+        if wf is None or wf.dedup_key is None:
+            return None
+        with self._tx() as conn:
+            return self._select_deduplicated(conn, wf.name, wf.dedup_key)
+
+    def _resume(
+        self, workflow_id: str, ticket: int, drop_from: int | None, now: float
+    ) -> tuple[WorkflowRecord | None, Dispatch | None]:
         w, s, m = self.t.workflows, self.t.steps, self.t.messages
         with self._tx() as conn:
             # The channel lock and the row lock, as cancel() takes them: a concurrent send sees
@@ -138,6 +161,10 @@ class SQLOperations:
             wf = self._select_workflow(conn, workflow_id, for_update=True)
             if wf is None or wf.status.value not in _RESUMABLE or wf.ticket != ticket:
                 return wf, None
+            if wf.dedup_key is not None:  # it becomes unfinished again: its key must be free
+                holder = self._select_deduplicated(conn, wf.name, wf.dedup_key)
+                if holder is not None:
+                    raise _duplicate(wf, holder)
             values: dict[str, Any] = {}
             if drop_from is not None:
                 dropped = conn.execute(
@@ -274,3 +301,13 @@ class SQLOperations:
             )
             conn.execute(w.update().where(current, w.c.status == WorkflowStatus.WAITING.value).values(timer_due=None))
 
+
+def _duplicate(wf: WorkflowRecord | None, holder: WorkflowRecord | None) -> DuplicateWorkflow:
+    """The error of a resume refused because another unfinished workflow holds the resumed one's dedup key."""
+    if wf is None:
+        return DuplicateWorkflow("cannot resume the workflow: another unfinished workflow holds its dedup_key")
+    other = f"{holder.workflow_id!r} ({holder.status.value})" if holder is not None else "another one"
+    return DuplicateWorkflow(
+        f"cannot resume workflow {wf.workflow_id!r}: workflow {other} of {wf.name!r} holds its "
+        f"dedup_key {wf.dedup_key!r}; cancel it or wait for it to finish"
+    )

@@ -55,6 +55,7 @@ class Workflow(models.Model):
     awaited = models.IntegerField(null=True)  # child workflows (children.py): the parent's join step
     awaiting = models.IntegerField(null=True)  # ... and on the parent, awaited children not finished
     task_options = models.TextField(null=True)  # the start message's Celery canvas, fired at the finish
+    dedup_key = models.CharField(max_length=MAX_ID_LENGTH, null=True)  # start(dedup_key=...): one unfinished per key
 
     class Meta:
         managed = False
