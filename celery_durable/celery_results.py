@@ -171,6 +171,11 @@ class WorkflowResult(AsyncResult):
         super().__init__(workflow_id, **kwargs)
         self.client = client
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to another process (pickled, copied): a plain AsyncResult of the same id there, which
+        # reads the result backend; this one's store client does not travel.
+        return AsyncResult, (self.id,)
+
     def _record(self) -> WorkflowRecord | None:
         return self.client.store.get_workflow(self.id)
 

@@ -65,6 +65,16 @@ def test_a_workflow_that_does_not_wait_finishes_inside_delay(eager: Any) -> None
     assert result.state == "SUCCESS" and result.get(timeout=1) == 40
 
 
+def test_the_result_travels_as_a_plain_async_result(eager: Any) -> None:
+    import pickle
+
+    from celery.result import AsyncResult
+
+    result = eager.quick.delay(5)
+    copy = pickle.loads(pickle.dumps(result))
+    assert type(copy) is AsyncResult and copy.id == result.id
+
+
 def test_a_waiting_workflow_resumes_inside_send(eager: Any) -> None:
     result = eager.pay.delay("o-1")
     assert result.state == "WAITING" and eager.calls == ["o-1"]
