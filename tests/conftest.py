@@ -72,14 +72,12 @@ def make_env(broker: str, database_url: str, tmp_path: Path, **extra: str) -> di
     return env
 
 
-def load_app(env: dict[str, str]) -> Any:
-    """Import tests.apps.wfapp configured by *env* in this (producer) process; return the module."""
+def load_app(env: dict[str, str], module: str = "tests.apps.wfapp") -> Any:
+    """Import the test app *module* (tests/apps) configured by *env* in this (producer) process; return it."""
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        import tests.apps.wfapp as wfapp
-
-        return importlib.reload(wfapp)
+        return importlib.reload(importlib.import_module(module))
     finally:
         # The module read its settings at import: leave no test's settings behind for the next.
         for key, value in saved.items():

@@ -7,13 +7,13 @@ CD_TRACK_STARTED. Plain tasks append what they received to a counter file, one J
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from celery import Celery
 
 from celery_durable import Durable
+from tests.apps import journal
 
 app = Celery("resultapp", broker=os.environ.get("CD_BROKER", "redis://127.0.0.1:6379/9"))
 app.conf.update(
@@ -36,20 +36,11 @@ COUNTER_DIR = os.environ.get("CD_COUNTER_DIR", "/tmp")
 
 
 def mark(name: str, value: Any) -> None:
-    """Append *value* as one JSON line to the counter file *name*."""
-    fd = os.open(os.path.join(COUNTER_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, (json.dumps(value) + "\n").encode())
-    finally:
-        os.close(fd)
+    journal.mark(COUNTER_DIR, name, value)
 
 
 def marks(name: str) -> list[Any]:
-    path = os.path.join(COUNTER_DIR, name)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    return journal.marks(COUNTER_DIR, name)
 
 
 @durable.step()

@@ -8,8 +8,6 @@ so a test sees when (and with what) a link, a chain or a chord body ran.
 
 from __future__ import annotations
 
-import importlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from celery_durable import WorkflowStatus
+from tests.conftest import load_app
 from tests.services import REDIS_URL, Worker, wait_for
 
 BACKENDS = ["redis", "database", "none"]
@@ -38,18 +37,7 @@ def backend_url(kind: str, database_url: str) -> str:
 
 def load(env: dict[str, str]) -> Any:
     """tests.apps.resultapp configured by *env* in this (producer) process."""
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        import tests.apps.resultapp as module
-
-        return importlib.reload(module)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return load_app(env, "tests.apps.resultapp")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -17,23 +16,13 @@ from typing import Any
 import pytest
 
 from celery_durable import DuplicateWorkflow, DurableClient, InvalidArgument, WorkflowStatus
+from tests.conftest import load_app
 from tests.services import ROOT, Worker, wait_for
 
 
 def load(env: dict[str, str]) -> Any:
     """tests.apps.flowapp configured by *env* in this (producer) process."""
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        import tests.apps.flowapp as module
-
-        return importlib.reload(module)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return load_app(env, "tests.apps.flowapp")
 
 
 @pytest.fixture

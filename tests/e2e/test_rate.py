@@ -7,14 +7,13 @@ here the bound on starts per window is exact and the bound on the total is gener
 
 from __future__ import annotations
 
-import importlib
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.conftest import load_app
 from tests.services import Worker, wait_for
 from tests.store.test_contract_rate import most_in_a_window
 
@@ -25,18 +24,7 @@ JITTER = 2
 
 def load(env: dict[str, str]) -> Any:
     """tests.apps.rateapp configured by *env* in this (producer) process."""
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        import tests.apps.rateapp as module
-
-        return importlib.reload(module)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return load_app(env, "tests.apps.rateapp")
 
 
 @pytest.fixture
