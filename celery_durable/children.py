@@ -1,6 +1,8 @@
 """Child workflows: starting them from a workflow, waiting for them durably, gather and map.
 
-The engine side; it imports neither Celery nor SQLAlchemy (the queries are in ``store/sql_children.py``).
+The engine side, an extension built on :class:`~celery_durable.extension.WorkflowContextProtocol`;
+it imports neither Celery nor SQLAlchemy. The calls a workflow makes (``start`` inside a body,
+``gather``, ``map``) are in ``workflow_api.py``, the queries in ``store/sql_children.py``.
 
 * **Starting a child is a checkpoint.** ``other_workflow.start(...)`` inside a workflow takes the next
   step id, and the child's row and that checkpoint are written in one transaction
@@ -23,11 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import core
-from . import validation as v
 from .errors import ChildWorkflowCancelled, InvalidArgument, WorkflowConflict, WorkflowFailed, WorkflowNotFound
 from .serialization import check_stored_text
 from .store import StepRecord, Suspended, WorkflowStatus
@@ -35,7 +36,7 @@ from .store.child_records import ChildOutcome, ChildSpec, JoinRequest
 from .timeouts import earliest, timed_out
 
 if TYPE_CHECKING:
-    from .config import DurableConfig
+    from .extension import WorkflowContextProtocol
     from .handle import WorkflowHandle
 
 #: Checkpoint kinds: one child started, a batch of children started (map), a join.
@@ -58,7 +59,7 @@ def child_id(parent_id: str, step_id: int, index: int | None = None) -> str:
 
 
 def _passing(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Return the caller's errors (conflict, bad argument) instead of raising them through ``ctx._store``,
+    """Return the caller's errors (conflict, bad argument) instead of raising them through ``ctx.store_call``,
     which takes any ``DurableError`` for a lost claim; the caller raises them in the body."""
 
     def run() -> Any:
@@ -70,15 +71,15 @@ def _passing(call: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
-def encode_inputs(ctx: core.WorkflowContext, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+def encode_inputs(ctx: WorkflowContextProtocol, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     try:
-        return check_stored_text(ctx.engine.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
+        return check_stored_text(ctx.serializer.dumps({"args": list(args), "kwargs": kwargs}), "the arguments")
     except Exception as exc:
         raise type(exc)(f"cannot start workflow {name!r}: its arguments are not serializable: {exc}") from None
 
 
 def start_children(
-    ctx: core.WorkflowContext,
+    ctx: WorkflowContextProtocol,
     name: str,
     inputs: Sequence[str],
     *,
@@ -93,13 +94,12 @@ def start_children(
     derived. Its first task messages are published after the commit; a lost publish is the sweep's.
     """
     kind = CHILD if explicit_id is not None or len(inputs) == 1 else CHILDREN
-    step_id = ctx._take_id()
-    op = core._op_name(kind, name)
-    recorded = ctx._replayed(step_id, op, kind)
+    step_id = ctx.take_step()
+    op = core.op_name(kind, name)
+    recorded = ctx.recorded(step_id, op, kind)
     if recorded is not None:
         return _recorded_ids(ctx.workflow_id, step_id, recorded)
-    engine = ctx.engine
-    now = engine.clock()
+    now = ctx.clock()
     if kind == CHILD:
         ids = [explicit_id or child_id(ctx.workflow_id, step_id)]
         output = json.dumps(ids)
@@ -108,17 +108,17 @@ def start_children(
         output = json.dumps(len(ids))
     timeout_at = earliest(None if timeout is None else now + timeout, ctx.workflow.timeout_at)
     # A child joins the trace of the execution starting it (the observers' start context, as for any start).
-    start_context = engine.observers.start_context if engine.observers else None  # observer hook
+    start_context = ctx.observers.start_context if ctx.observers else None  # observer hook
     specs = [
         ChildSpec(cid, name, text, queue, version, timeout_at, start_context(name, cid) if start_context else None)
         for cid, text in zip(ids, inputs)
     ]
     checkpoint = StepRecord(ctx.workflow_id, step_id, op, kind, output, None, None, now, now)
-    lease = ctx.lease
-    result = ctx._store(_passing(lambda: engine.store.start_children(lease, specs, checkpoint)), f"starting {name!r}")
+    store, lease = ctx.store, ctx.lease
+    result = ctx.store_call(_passing(lambda: store.start_children(lease, specs, checkpoint)), f"starting {name!r}")
     if isinstance(result, Exception):
         raise result
-    engine.publish_all(result)
+    ctx.publish(result)
     return ids
 
 
@@ -130,32 +130,31 @@ def _recorded_ids(parent_id: str, step_id: int, recorded: StepRecord) -> list[st
 
 
 def join(
-    ctx: core.WorkflowContext, ids: Sequence[str], *, fail_fast: bool, timeout: float | None
+    ctx: WorkflowContextProtocol, ids: Sequence[str], *, fail_fast: bool, timeout: float | None
 ) -> list[ChildOutcome]:
     """Wait durably for the children *ids* (a checkpoint); return their outcomes in that order.
 
     Raises the builtin ``TimeoutError`` when *timeout* passed first (a replay raises it again).
     """
-    step_id = ctx._take_id()
-    name = core._op_name(JOIN, ",".join(ids))
-    recorded = ctx._replayed(step_id, name, JOIN)
-    engine = ctx.engine
+    step_id = ctx.take_step()
+    name = core.op_name(JOIN, ",".join(ids))
+    recorded = ctx.recorded(step_id, name, JOIN)
     if recorded is None:
-        lease = ctx.lease
-        request = JoinRequest(step_id, name, tuple(ids), fail_fast, timeout, engine.clock(), engine.config.horizon)
-        result = ctx._store(_passing(lambda: engine.store.wait_children(lease, request)), "a wait for children")
+        store, lease = ctx.store, ctx.lease
+        request = JoinRequest(step_id, name, tuple(ids), fail_fast, timeout, ctx.clock(), ctx.config.horizon)
+        result = ctx.store_call(_passing(lambda: store.wait_children(lease, request)), "a wait for children")
         if isinstance(result, Exception):
             raise result
         if isinstance(result, Suspended):
-            raise core.Suspend(result.dispatch, {"wait": "children", "step": step_id, "children": list(ids), "timeout": timeout})
+            ctx.suspend(result.dispatch, {"wait": "children", "step": step_id, "children": list(ids), "timeout": timeout})
         output = None
         if not result.timed_out:
             output = json.dumps(
                 [[o.workflow_id, o.status and o.status.value, o.output, o.error, o.timeout_at] for o in result.outcomes]
             )
-        now = engine.clock()
+        now = ctx.clock()
         checkpoint = StepRecord(ctx.workflow_id, step_id, name, JOIN, output, None, None, now, now)
-        recorded = ctx._store(lambda: engine.store.record_step(lease, checkpoint), "a wait for children")
+        recorded = ctx.store_call(lambda: store.record_step(lease, checkpoint), "a wait for children")
     if recorded.output is None:
         raise TimeoutError(
             f"workflow {ctx.workflow_id!r}: children {_shown(ids)} did not all finish within {timeout} s"
@@ -209,106 +208,20 @@ def results(loads: Callable[[str], Any], outcomes: Sequence[ChildOutcome], retur
 
 def parent_context(handle: WorkflowHandle) -> core.WorkflowContext | None:
     """The running workflow whose child *handle* is, when this is that workflow's body (its result is a join)."""
-    ctx = core.current_context()
-    if ctx is None or ctx.in_step or handle.parent_id != ctx.workflow_id:
+    ctx = core.workflow_body()
+    if ctx is None or handle.parent_id != ctx.workflow_id:
         return None
     return ctx
 
 
-def child_result(ctx: core.WorkflowContext, handle: WorkflowHandle, timeout: float | None) -> Any:
+def child_result(ctx: WorkflowContextProtocol, handle: WorkflowHandle, timeout: float | None) -> Any:
     """``handle.result()`` of a child inside its parent: a durable join on that one child."""
-    (value,) = results(
-        ctx.engine.serializer.loads, join(ctx, [handle.workflow_id], fail_fast=True, timeout=timeout), False
-    )
+    (value,) = results(ctx.serializer.loads, join(ctx, [handle.workflow_id], fail_fast=True, timeout=timeout), False)
     return value
 
 
-class ChildrenAPI:
-    """What ``Durable`` offers for children: ``gather``, ``map``, ``parent_workflow_id`` (and ``start`` inside a workflow)."""
-
-    if TYPE_CHECKING:  # provided by Durable
-        config: DurableConfig
-        _step_workflow: Any
-
-        @property
-        def version(self) -> str: ...
-        @property
-        def engine(self) -> core.Engine: ...
-
-    def _start_child(
-        self, task: Any, args: Sequence[Any], kwargs: dict[str, Any], workflow_id: str | None, timeout: float | None
-    ) -> WorkflowHandle:
-        """``task.start(...)`` inside a workflow body: start a child (a checkpoint) and return its handle."""
-        from .handle import WorkflowHandle
-
-        ctx = core.require_context("start")
-        explicit = v.check_id(workflow_id) if workflow_id is not None else None
-        seconds = v.check_timeout(timeout if timeout is not None else getattr(task, "durable_timeout", None))
-        queue = v.check_queue(getattr(task, "queue", None) or self.config.queue)
-        inputs = [encode_inputs(ctx, task.name, args, kwargs)]
-        (cid,) = start_children(
-            ctx, task.name, inputs, explicit_id=explicit, queue=queue, timeout=seconds, version=self.version
-        )
-        return WorkflowHandle(self, cid, parent_id=ctx.workflow_id)  # type: ignore[arg-type]
-
-    def gather(
-        self, handles: Iterable[WorkflowHandle], *, return_exceptions: bool = False, timeout: float | None = None
-    ) -> list[Any]:
-        """Wait for workflows and return their results in the order given.
-
-        Inside a workflow, on its own children: a durable wait (the workflow leaves its worker and is
-        woken once, when the last child finishes, or the first fails without *return_exceptions*;
-        a replay returns the recorded results). A failed child raises :class:`WorkflowFailed` (its
-        error type and message), a cancelled one :class:`ChildWorkflowCancelled`; with
-        *return_exceptions* those errors are returned in its place. *timeout* raises the builtin
-        ``TimeoutError``. Outside a workflow it blocks, polling each handle's ``result()``.
-        """
-        handles = list(handles)
-        return_exceptions = v.check_flag(return_exceptions, "return_exceptions")
-        seconds = v.check_timeout(timeout)
-        ctx = core.current_context()
-        if ctx is None or ctx.in_step:
-            return _gather_blocking(handles, return_exceptions, seconds)
-        if not handles:
-            return []
-        ids = [h.workflow_id for h in handles]
-        outcomes = join(ctx, ids, fail_fast=not return_exceptions, timeout=seconds)
-        return results(ctx.engine.serializer.loads, outcomes, return_exceptions)
-
-    def map(self, workflow_or_step: Any, iterable: Iterable[Any], *, queue: str | None = None) -> list[Any]:
-        """Run one child workflow per item (``workflow_or_step(item)``) and gather their results, in order.
-
-        Only inside a workflow. A workflow task runs as itself; a step runs as a child workflow of the
-        generic task ``celery_durable.<prefix>map_step``, which calls it once as a checkpointed step
-        (so every worker needs the step registered, as with workflows). The children are started in
-        one transaction (batched inserts) and published on *queue* (default: the workflow's own
-        queue, else the ``queue`` option); the parent is woken once, when the last one finishes or the
-        first one fails (its error is raised as in :meth:`gather`).
-        """
-        ctx = core.require_context("map")
-        step_name = getattr(workflow_or_step, "step_name", None)
-        task = self._step_workflow if step_name is not None else workflow_or_step
-        if not isinstance(getattr(task, "name", None), str) or not hasattr(task, "durable"):
-            raise InvalidArgument(f"map takes a workflow or a step of this Durable, got {v.shown(workflow_or_step)}")
-        queue = v.check_queue(queue or getattr(task, "queue", None) or self.config.queue)
-        lead = (step_name,) if step_name is not None else ()
-        inputs = [encode_inputs(ctx, task.name, (*lead, item), {}) for item in iterable]
-        if not inputs:
-            return []
-        seconds = v.check_timeout(getattr(task, "durable_timeout", None))
-        ids = start_children(
-            ctx, task.name, inputs, explicit_id=None, queue=queue, timeout=seconds, version=self.version
-        )
-        return results(ctx.engine.serializer.loads, join(ctx, ids, fail_fast=True, timeout=None), False)
-
-    @property
-    def parent_workflow_id(self) -> str | None:
-        """The id of the parent of the workflow executing here (``None``: no parent, or outside workflows)."""
-        ctx = core.current_context()
-        return ctx.workflow.parent_id if ctx is not None else None
-
-
-def _gather_blocking(handles: Sequence[WorkflowHandle], return_exceptions: bool, timeout: float | None) -> list[Any]:
+def gather_blocking(handles: Sequence[WorkflowHandle], return_exceptions: bool, timeout: float | None) -> list[Any]:
+    """``gather`` outside a workflow body: wait for each handle's ``result()`` in turn."""
     deadline = None if timeout is None else time.monotonic() + timeout
     values: list[Any] = []
     for h in handles:

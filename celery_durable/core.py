@@ -11,6 +11,10 @@ takes the new branch) takes the next step id from a counter; when a checkpoint e
 that id its recorded result is returned (after checking that the recorded operation is the
 one being called), otherwise the operation runs and its result is written before it returns.
 
+Engine extensions (children.py, retries.py, versioning.py; flow control next) use a workflow's
+:class:`WorkflowContext` only through :class:`~celery_durable.extension.WorkflowContextProtocol`;
+the API a workflow body calls is in workflow_api.py.
+
 Workflow deadline (``timeout_at``): it is checked before every durable operation and before
 the workflow's result is recorded, so a workflow past its deadline stops at the next step
 boundary and ends CANCELLED with a :class:`~celery_durable.errors.WorkflowTimedOut` as its
@@ -24,8 +28,8 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
 
 from . import retries, versioning
 from .config import DurableConfig
@@ -84,11 +88,26 @@ _CURRENT: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVa
 
 
 def current_context() -> WorkflowContext | None:
-    """Return the context of the workflow executing in this thread, if any."""
+    """Return the context of the workflow executing in this thread (its body or one of its steps), if any.
+
+    Only for what a step may read too (``Durable.workflow_id``); whether an operation acts as a
+    durable one is :func:`workflow_body`'s answer.
+    """
     return _CURRENT.get()
 
 
+def workflow_body() -> WorkflowContext | None:
+    """Return the context of the workflow whose body is executing here: None outside workflows and
+    inside a step (where ``send``, ``start``, a step call... act as they do outside workflows).
+
+    Every place that asks "am I inside a workflow?" asks this (or :func:`require_context`).
+    """
+    ctx = _CURRENT.get()
+    return None if ctx is None or ctx.in_step else ctx
+
+
 def require_context(operation: str) -> WorkflowContext:
+    """Return :func:`workflow_body`'s context; raise :class:`NotInWorkflow` naming *operation* when there is none."""
     ctx = _CURRENT.get()
     if ctx is None:
         raise NotInWorkflow(
@@ -100,7 +119,8 @@ def require_context(operation: str) -> WorkflowContext:
 
 
 @functools.lru_cache(maxsize=4096)  # every replay names each operation again: hash long names once
-def _op_name(kind: str, *parts: str) -> str:
+def op_name(kind: str, *parts: str) -> str:
+    """The checkpoint name of operation *kind* on *parts* (hashed when it would pass the id length limit)."""
     name = ":".join((kind, *parts))
     if len(name) <= MAX_ID_LENGTH:
         return name
@@ -285,6 +305,8 @@ class WorkflowContext:
 
     *workflow* is the row as this execution claimed it (its deadline, the attempt counter and
     the wait it was woken from); *patches* memoises ``patched`` answers (see versioning.py).
+    Engine extensions use it only through
+    :class:`~celery_durable.extension.WorkflowContextProtocol`, which it implements.
     """
 
     def __init__(self, engine: Engine, lease: Lease, workflow: WorkflowRecord, steps: dict[int, StepRecord]) -> None:
@@ -292,29 +314,49 @@ class WorkflowContext:
         self.lease = lease
         self.workflow = workflow
         self.workflow_id = workflow.workflow_id
-        self.steps = steps
-        self.next_step_id = 0
+        self._steps = steps
+        self._next_step_id = 0
         self.in_step = False
         self.store_error: BaseException | None = None
         self.patches: dict[str, bool] = {}
-        self.attempt = 1  # of the step running now (retries.py counts them)
         self.replies_fast = False  # a reply came within adaptive_linger: the next recv lingers (see _linger)
+        # The engine's parts, read-only for extensions (extension.py declares them as properties).
+        self.store, self.config, self.serializer = engine.store, engine.config, engine.serializer
+        self.observers, self.passthrough = engine.observers, engine.passthrough
 
+    # -- the extension protocol (extension.py): read-only state ---------------------------------------
+    @property
+    def checkpoints(self) -> Mapping[int, StepRecord]:
+        return self._steps
+
+    def clock(self) -> float:
+        return self.engine.clock()
+
+    def pause(self, seconds: float) -> None:
+        self.engine.sleep(seconds)
+
+    # -- the extension protocol: step ids, checkpoints, writes -------------------------------------------
     def check_deadline(self) -> None:
         """Stop the workflow (``_TimedOut``) when its own deadline has passed."""
         timeout_at = self.workflow.timeout_at
         if timeout_at is not None and self.engine.clock() >= timeout_at:
             raise _TimedOut(timed_out(self.workflow_id, timeout_at))
 
-    def _take_id(self) -> int:
-        # Every durable operation starts here: the step boundary where a passed deadline stops the workflow.
+    def next_step_id(self) -> int:
+        """The step id the next durable operation will take, without taking it."""
+        return self._next_step_id
+
+    def take_step(self) -> int:
+        """Take the next step id. Every durable operation starts here: the step boundary where a
+        passed deadline stops the workflow."""
         self.check_deadline()
-        step_id = self.next_step_id
-        self.next_step_id += 1
+        step_id = self._next_step_id
+        self._next_step_id += 1
         return step_id
 
-    def _replayed(self, step_id: int, name: str, kind: str) -> StepRecord | None:
-        recorded = self.steps.get(step_id)
+    def recorded(self, step_id: int, name: str, kind: str) -> StepRecord | None:
+        """The checkpoint at *step_id*, None if there is none; ``NonDeterministicWorkflow`` if it is another operation."""
+        recorded = self._steps.get(step_id)
         if recorded is not None and (recorded.name != name or recorded.kind != kind):
             hint = versioning.misplaced_hint(recorded)
             raise NonDeterministicWorkflow(
@@ -323,7 +365,7 @@ class WorkflowContext:
             )
         return recorded
 
-    def _store(self, call: Callable[[], T], what: str) -> T:
+    def store_call(self, call: Callable[[], T], what: str) -> T:
         """Run a store call for the operation *what*.
 
         A failure that may pass (connection lost, deadlock, ...) or a lost claim is remembered, so the
@@ -340,7 +382,8 @@ class WorkflowContext:
                 raise
             raise _rejected(exc, what, self.workflow_id) from exc
 
-    def _output(self, step: StepRecord) -> Any:
+    def decode_output(self, step: StepRecord) -> Any:
+        """The value checkpoint *step* recorded, or raise the error it recorded."""
         if step.error is not None:
             raise decode_error(step.error)
         if step.output is None:
@@ -356,6 +399,14 @@ class WorkflowContext:
             object.__setattr__(step, "_decoded", value)
         return value
 
+    def publish(self, dispatches: Sequence[Dispatch]) -> None:
+        """Publish wake-ups the store returned; a failure is logged, never raised (``Engine.publish_all``)."""
+        self.engine.publish_all(dispatches)
+
+    def suspend(self, dispatch: Dispatch | None, wait: dict[str, Any]) -> NoReturn:
+        """Leave the worker: the wait is recorded, *dispatch* is its timer (if any), *wait* what it waits for."""
+        raise Suspend(dispatch, wait)
+
     # -- operations ---------------------------------------------------------------------------------
     def run_step(
         self,
@@ -365,18 +416,18 @@ class WorkflowContext:
         kwargs: dict[str, Any],
         policy: RetryPolicy = NO_RETRIES,
     ) -> T:
-        step_id = self._take_id()
-        recorded = self._replayed(step_id, name, "step")
+        step_id = self.take_step()
+        recorded = self.recorded(step_id, name, "step")
         if recorded is not None:
-            return self._output(recorded)
+            return self.decode_output(recorded)
         engine = self.engine
         started = engine.clock()
 
-        def call() -> T:
+        def call(attempt: int = 1) -> T:  # retries.py passes the attempt it runs
             self.in_step = True
             try:
                 if engine.observers:  # observer hook
-                    return engine.observers.step(self, step_id, name, self.attempt, lambda: fn(*args, **kwargs))
+                    return engine.observers.step(self, step_id, name, attempt, lambda: fn(*args, **kwargs))
                 return fn(*args, **kwargs)
             finally:
                 self.in_step = False
@@ -396,9 +447,9 @@ class WorkflowContext:
         except SerializationError as exc:
             raise SerializationError(f"step {name!r} returned a value that cannot be stored: {exc}") from None
         step = StepRecord(self.workflow_id, step_id, name, "step", output, None, None, started, engine.clock())
-        stored = self._store(lambda: engine.store.record_step(self.lease, step), f"step {name!r}")
+        stored = self.store_call(lambda: engine.store.record_step(self.lease, step), f"step {name!r}")
         # Whoever wrote first wins: return the stored output, not ours, if they differ.
-        return value if stored is step else self._output(stored)
+        return value if stored is step else self.decode_output(stored)
 
     def fail_step(self, step_id: int, name: str, exc: BaseException, started: float) -> BaseException:
         """Record *exc* as step *step_id*'s outcome (a replay raises it again); return it."""
@@ -406,39 +457,15 @@ class WorkflowContext:
         failed = StepRecord(
             self.workflow_id, step_id, name, "step", None, encode_error(exc), None, started, engine.clock()
         )
-        self._store(functools.partial(engine.store.record_step, self.lease, failed), f"step {name!r}")
+        self.store_call(functools.partial(engine.store.record_step, self.lease, failed), f"step {name!r}")
         return exc
-
-    def start_attempt(self, step_id: int, attempt: int) -> None:
-        """Write that *attempt* of step *step_id* starts now, before it runs (see retries.py)."""
-        self.check_deadline()  # each attempt is a step boundary too
-        self.attempt = attempt
-        engine = self.engine
-        self._store(
-            lambda: engine.store.start_attempt(self.lease, step_id, attempt, engine.clock()), f"attempt {attempt} of step {step_id}"
-        )
-
-    def pause_until(self, step_id: int, name: str, until: float) -> None:
-        """Wait until *until* before the next attempt of step *step_id*: sleep in place for at most
-        ``retries.IN_PLACE_LIMIT`` seconds, otherwise record the wait and leave the worker (Suspend)."""
-        engine = self.engine
-        now = engine.clock()
-        if until - now <= retries.IN_PLACE_LIMIT:
-            if until > now:
-                engine.sleep(until - now)
-            return
-        result = self._store(
-            lambda: engine.store.wait_retry(self.lease, step_id, name, until, now, engine.config.horizon),
-            f"the retry pause of step {name!r}",
-        )
-        raise Suspend(result.dispatch, {"wait": "retry", "step": step_id, "name": name, "until": until})
 
     def _wait(
         self, name: str, kind: str, topics: tuple[str, ...], target: str | None, timeout: float | None
     ) -> StepRecord | None:
         """Run a waiting operation; return its checkpoint, or None when it timed out."""
-        step_id = self._take_id()
-        recorded = self._replayed(step_id, name, kind)
+        step_id = self.take_step()
+        recorded = self.recorded(step_id, name, kind)
         if recorded is None:
             engine = self.engine
             request = WaitRequest(step_id, name, kind, topics, target, timeout, engine.clock(), engine.config.horizon)
@@ -448,16 +475,16 @@ class WorkflowContext:
             def wait() -> StepRecord:
                 taken: StepRecord | None = None
                 if woken_here:
-                    taken = self._store(lambda: engine.store.take_recv(self.lease, request), f"{kind} {name!r}")
+                    taken = self.store_call(lambda: engine.store.take_recv(self.lease, request), f"{kind} {name!r}")
                 linger = self._linger(timeout) if kind == "recv" and taken is None else 0.0
                 if linger > 0:
                     # Wait in place briefly (store.linger_recv says why no message can be lost): a reply
                     # within it continues here, without leaving and replaying.
-                    taken = self._store(lambda: engine.store.linger_recv(self.lease, request, linger), f"{kind} {name!r}")
+                    taken = self.store_call(lambda: engine.store.linger_recv(self.lease, request, linger), f"{kind} {name!r}")
                     self.replies_fast = taken is not None
                 if taken is not None:
                     return taken
-                result = self._store(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
+                result = self.store_call(lambda: engine.store.wait_step(self.lease, request), f"{kind} {name!r}")
                 if isinstance(result, Suspended):
                     wait: dict[str, Any] = {"wait": kind, "step": step_id, "topics": list(topics), "timeout": timeout}
                     if target is not None:
@@ -492,28 +519,28 @@ class WorkflowContext:
         start): an upper bound of the reply's delay, as it also counts the wake-up's own hop."""
         if recorded.output is None:  # timed out: not a reply
             return False
-        before = self.steps.get(step_id - 1) if step_id > 0 else None
+        before = self._steps.get(step_id - 1) if step_id > 0 else None
         began = before.ended_at if before is not None else self.workflow.created_at if step_id == 0 else None
         return began is not None and recorded.ended_at - began <= self.engine.config.adaptive_linger
 
     def recv(self, topics: tuple[str, ...], timeout: float | None) -> tuple[str, Any]:
-        step = self._wait(_op_name("recv", ",".join(topics)), "recv", topics, None, timeout)
+        step = self._wait(op_name("recv", ",".join(topics)), "recv", topics, None, timeout)
         if step is None:
             return "", TIMED_OUT
-        return step.topic or "", self._output(step)
+        return step.topic or "", self.decode_output(step)
 
     def get_event(self, workflow_id: str, key: str, timeout: float | None) -> Any:
-        step = self._wait(_op_name("get_event", workflow_id, key), "event", (key,), workflow_id, timeout)
-        return TIMED_OUT if step is None else self._output(step)
+        step = self._wait(op_name("get_event", workflow_id, key), "event", (key,), workflow_id, timeout)
+        return TIMED_OUT if step is None else self.decode_output(step)
 
     def sleep(self, seconds: float) -> None:
         self._wait("sleep", "sleep", (), None, seconds)
 
     def patched(self, patch: str) -> bool:
-        return versioning.patched(self, patch, _op_name("patch", patch))
+        return versioning.patched(self, patch, op_name("patch", patch))
 
     def deprecate_patch(self, patch: str) -> None:
-        versioning.deprecate_patch(self, patch, _op_name("patch", patch))
+        versioning.deprecate_patch(self, patch, op_name("patch", patch))
 
     def continue_as_new(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """End this run and start the workflow again with these inputs and an empty history (same id, same lock).
@@ -528,25 +555,17 @@ class WorkflowContext:
             raise SerializationError(f"continue_as_new of workflow {self.workflow_id!r}: {exc}") from None
         raise _ContinueAsNew(inputs)
 
-    def record_marker(self, name: str, kind: str) -> None:
-        """Take the next step id for a checkpoint that only marks a decision (a patch taken)."""
-        step_id = self._take_id()
-        engine = self.engine
-        now = engine.clock()
-        marker = StepRecord(self.workflow_id, step_id, name, kind, "null", None, None, now, now)
-        self._store(lambda: engine.store.record_step(self.lease, marker), f"{kind} {name!r}")
-
     def send(self, destination: str, topic: str, payload: str, create_mailbox: bool) -> None:
-        step_id = self._take_id()
-        name = _op_name("send", destination, topic)
-        if self._replayed(step_id, name, "send") is not None:
+        step_id = self.take_step()
+        name = op_name("send", destination, topic)
+        if self.recorded(step_id, name, "send") is not None:
             return  # sent by an earlier execution: never again
         engine = self.engine
         now = engine.clock()
         checkpoint = StepRecord(self.workflow_id, step_id, name, "send", "null", None, topic, now, now)
 
         def send() -> None:
-            result = self._store(
+            result = self.store_call(
                 lambda: engine.store.send(
                     destination, topic, payload, now, create_mailbox=create_mailbox, lease=self.lease, checkpoint=checkpoint
                 ),
@@ -557,15 +576,15 @@ class WorkflowContext:
         engine.observers.send(self.workflow_id, destination, topic, send) if engine.observers else send()  # observer hook
 
     def set_event(self, key: str, value: str) -> None:
-        step_id = self._take_id()
-        name = _op_name("set_event", key)
-        if self._replayed(step_id, name, "set_event") is not None:
+        step_id = self.take_step()
+        name = op_name("set_event", key)
+        if self.recorded(step_id, name, "set_event") is not None:
             return
         engine = self.engine
         now = engine.clock()
         # The checkpoint keeps the key (as its topic) and the value: a fork rebuilds its events from them.
         checkpoint = StepRecord(self.workflow_id, step_id, name, "set_event", value, None, key, now, now)
-        wakeups = self._store(lambda: engine.store.set_event(self.lease, key, value, checkpoint), f"set_event {key!r}")
+        wakeups = self.store_call(lambda: engine.store.set_event(self.lease, key, value, checkpoint), f"set_event {key!r}")
         engine.publish_all(wakeups)
 
 

@@ -19,15 +19,15 @@ import contextvars
 import functools
 import logging
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn, TypeVar, overload
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, overload
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import task_postrun, task_revoked
 
 from . import celery_results as results
-from . import children, core, hooks, versioning
+from . import core, hooks, versioning, workflow_api
 from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
@@ -37,6 +37,7 @@ from .retries import RetryPolicy
 from .store import Dispatch, Store, WorkflowStatus
 from .timers import DeferredTimers
 from .worker import WorkerHooks
+from .workflow_api import WorkflowAPI
 
 log = logging.getLogger("celery_durable")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,8 +109,7 @@ class WorkflowTask(Task):
         *timeout* (seconds, default the workflow's own ``timeout``) fixes its deadline now: once it
         passes, the workflow stops and ends CANCELLED (``result()`` raises ``WorkflowTimedOut``).
         """
-        ctx = core.current_context()
-        if ctx is not None and not ctx.in_step:  # hook (children): inside a workflow, start a child (a checkpoint)
+        if core.workflow_body() is not None:  # hook (children): inside a workflow, start a child (a checkpoint)
             return self.durable._start_child(self, args, kwargs, workflow_id, timeout)
         result = self.durable._start(self, args, kwargs, workflow_id, {}, timeout=timeout)
         return WorkflowHandle(self.durable, result.id)  # it exists: _start just stored or found it
@@ -128,7 +128,7 @@ class WorkflowTask(Task):
         return self.durable._start(self, args, kwargs, task_id, options)
 
 
-class Durable(results.CeleryResults, children.ChildrenAPI, Client):
+class Durable(results.CeleryResults, WorkflowAPI, Client):
     """Durable workflows for a Celery app.
 
     ``Durable(app)`` stores workflows in an SQLite file, ``celery_durable.sqlite3`` next to the
@@ -136,7 +136,9 @@ class Durable(results.CeleryResults, children.ChildrenAPI, Client):
     :func:`~celery_durable.client.default_database_url`), unless ``database_url`` or the
     ``CELERY_DURABLE_DATABASE_URL`` environment variable names another database. Keyword options are the fields of
     :class:`~celery_durable.config.DurableConfig`. Everything a producer or an operator calls
-    (send, handles, listings, resume, fork, prune...) comes from :class:`~celery_durable.client.Client`.
+    (send, handles, listings, resume, fork, prune...) comes from :class:`~celery_durable.client.Client`;
+    what a workflow body calls (recv, set_event, sleep, patched, gather, map...) from
+    :class:`~celery_durable.workflow_api.WorkflowAPI`.
 
     It registers itself on *app*: :meth:`Durable.of` finds it there (``celery -A proj durable``
     does so).
@@ -288,18 +290,10 @@ class Durable(results.CeleryResults, children.ChildrenAPI, Client):
 
     def _step(self, fn: F, name: str | None, policy: RetryPolicy) -> F:
         step_name = v.check_id(name or f"{fn.__module__}.{fn.__qualname__}", "step name")
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = core.current_context()
-            if ctx is None or ctx.in_step:
-                return fn(*args, **kwargs)
-            return ctx.run_step(step_name, fn, args, kwargs, policy)
-
-        wrapper.step_name = step_name  # type: ignore[attr-defined]
+        wrapper = workflow_api.as_step(fn, step_name, policy)
         self._steps[step_name] = wrapper  # hook (children): map runs steps by name
         self._register(step_name, fn)
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     # -- starting and running -------------------------------------------------------------------------
     def _start(
@@ -497,75 +491,6 @@ class Durable(results.CeleryResults, children.ChildrenAPI, Client):
         if step is None:
             raise ConfigurationError(f"no step named {step_name!r} is registered in this worker")
         return step(item)
-
-    # -- messaging inside workflows (send, get_event and everything else a producer calls: Client) -----
-    def recv(self, topic: str | None = None, timeout: float | None = 60, default: Any = None) -> Any:
-        """Return the oldest unread message on *topic*, waiting up to *timeout* seconds; *default* on timeout.
-
-        Only inside a workflow. The deadline is recorded when it first waits, so a replay waits only for what
-        is left; ``timeout=0`` polls, ``None`` waits forever. While it waits the workflow holds no worker.
-        """
-        stored_topic = v.check_topic(topic)
-        seconds = v.check_timeout(timeout)
-        _, value = core.require_context("recv").recv((stored_topic,), seconds)
-        return default if value is core.TIMED_OUT else value
-
-    def recv_any(self, topics: Sequence[str | None], timeout: float | None = 60, default: Any = None) -> Any:
-        """Like :meth:`recv` on several topics: return ``(topic, message)`` for the oldest message of any, or *default*."""
-        if not isinstance(topics, (list, tuple)) or not topics:
-            raise InvalidArgument(f"topics must be a non-empty list of topics, got {v.shown(topics)}")
-        stored = tuple(dict.fromkeys(v.check_topic(t) for t in topics))
-        seconds = v.check_timeout(timeout)
-        topic, value = core.require_context("recv_any").recv(stored, seconds)
-        return default if value is core.TIMED_OUT else (topic or None, value)
-
-    def continue_as_new(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Restart this workflow with new inputs and an empty history, under the same id (only inside a workflow).
-
-        Atomic: its checkpoints and the messages it already received are deleted and the inputs replaced in
-        one transaction, then the body runs again from the top with ``*args``/``**kwargs`` in the same
-        execution. Messages not yet received, events and the workflow's deadline stay. Use it in a loop that
-        lives long (a workflow that receives thousands of messages): each wake-up replays the history, so
-        the history should stay short. Never returns.
-        """
-        args, kwargs = v.check_call(args, kwargs)
-        core.require_context("continue_as_new").continue_as_new(args, kwargs)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def set_event(self, key: str, value: Any) -> None:
-        """Publish *value* under *key* for this workflow (checkpointed; the last value wins). Only inside a workflow."""
-        key = v.check_id(key, "event key")
-        payload = self.engine.encode_payload(value, "event value")
-        core.require_context("set_event").set_event(key, payload)
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep durably inside a workflow: the workflow leaves its worker and resumes after *seconds*."""
-        value = v.check_timeout(seconds, "seconds", allow_none=False)
-        assert value is not None
-        core.require_context("sleep").sleep(value)
-
-    def patched(self, patch: str) -> bool:
-        """Whether this workflow takes the branch added by change *patch* (only inside a workflow).
-
-        True for a workflow that reaches this point running the new code, False when replaying a
-        history recorded before the patch existed; see versioning.py and docs/changing-workflow-code.md.
-        """
-        core.check_id(patch, "patch name")
-        return core.require_context("patched").patched(patch)
-
-    def deprecate_patch(self, patch: str) -> None:
-        """Stand where ``patched(patch)`` was once every workflow that predates the patch finished.
-
-        Histories that recorded the patch still replay; new ones record nothing here.
-        """
-        core.check_id(patch, "patch name")
-        core.require_context("deprecate_patch").deprecate_patch(patch)
-
-    @property
-    def workflow_id(self) -> str | None:
-        """The id of the workflow executing here, or ``None`` outside workflows."""
-        ctx = core.current_context()
-        return ctx.workflow_id if ctx is not None else None
 
     # -- recovery (recover() itself: Client) ---------------------------------------------------------------
     def _recover_task(self) -> Task:

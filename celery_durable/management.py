@@ -1,5 +1,8 @@
 """Operations on workflows from outside them: start by name, send, cancel, resume, fork, listings, prune.
 
+``send`` and ``get_event`` work in workflow bodies too: they check their arguments here and, in a
+body (``core.workflow_body()``), hand the operation to workflow_api.py, where the in-workflow API lives.
+
 No Celery here. :class:`Management` works on a :class:`~celery_durable.core.Engine` (its store,
 serializer, configuration, clock and ``publish`` callback), so ``Durable`` (publishing through
 its Celery app) and ``DurableClient`` (through a bare Celery app by task name, or leaving the
@@ -14,9 +17,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from . import core
+from . import core, workflow_api
 from . import validation as v
-from .errors import InvalidArgument, WorkflowConflict, WorkflowNotFound
+from .errors import WorkflowConflict, WorkflowNotFound
 from .handle import decode_result
 from .serialization import check_stored_text
 from .store import Dispatch, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
@@ -149,10 +152,9 @@ class Management:
         core.check_id(workflow_id)
         core.check_id(key, "event key")
         seconds = core.check_timeout(timeout)
-        ctx = core.current_context()
-        if ctx is not None and not ctx.in_step:
-            value = ctx.get_event(workflow_id, key, seconds)
-            return default if value is core.TIMED_OUT else value
+        ctx = core.workflow_body()
+        if ctx is not None:
+            return workflow_api.get_event(ctx, workflow_id, key, seconds, default)
         deadline = None if seconds is None else time.monotonic() + seconds
         delay = 0.01
         while True:
@@ -181,14 +183,9 @@ class Management:
         create_mailbox = v.check_flag(create_mailbox, "create_mailbox")
         engine = self.engine
         payload = engine.encode_payload(message, "message")
-        ctx = core.current_context()
-        if ctx is not None and not ctx.in_step:
-            if idempotency_key is not None:
-                raise InvalidArgument(
-                    "idempotency_key is for sends outside workflows; inside one, send is already exactly-once"
-                )
-            ctx.send(workflow_id, stored_topic, payload, create_mailbox)
-            return
+        ctx = core.workflow_body()
+        if ctx is not None:
+            return workflow_api.send(ctx, workflow_id, stored_topic, payload, idempotency_key, create_mailbox)
 
         def send() -> None:
             result = self.store.send(

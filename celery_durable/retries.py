@@ -1,5 +1,8 @@
 """Durable step retries: the policy, and the attempt loop the engine runs for a step that has one.
 
+An engine extension: it uses the workflow context only through
+:class:`~celery_durable.extension.WorkflowContextProtocol`.
+
 A step with ``retries=N`` may start N + 1 attempts. Waits between attempts leave the worker
 the way a ``recv`` wait does: a wait of kind ``"retry"`` is recorded with its deadline, the task
 ends with a Celery retry whose countdown is that deadline, and the next execution replays the
@@ -24,13 +27,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, StepAttemptLost
 
 if TYPE_CHECKING:
-    from .core import WorkflowContext
+    from .extension import WorkflowContextProtocol
 
 log = logging.getLogger("celery_durable")
 
@@ -99,23 +103,24 @@ def add_note(exc: BaseException, note: str) -> None:
 
 
 def run_attempts(
-    ctx: WorkflowContext,
+    ctx: WorkflowContextProtocol,
     step_id: int,
     name: str,
-    call: Any,
+    call: Callable[[int], Any],
     policy: RetryPolicy,
     started_at: float,
 ) -> Any:
     """Run attempts of step *step_id* until one returns (its value is returned), the step fails
     (its error is recorded and raised), or a pause must leave the worker (``Suspend`` is raised).
 
-    *call* runs the step body once. The first execution to reach the step starts at attempt 1; a
-    later one continues from what the workflow row says (see the module's invariants).
+    *call* runs the step body once, given the attempt's number. The first execution to reach the
+    step starts at attempt 1; a later one continues from what the workflow row says (see the
+    module's invariants).
     """
     record = ctx.workflow
     done = (record.attempts or 0) if record.attempt_step == step_id else 0
     if record.wait_kind == RETRY_WAIT and record.wait_step == step_id and record.deadline is not None:
-        ctx.pause_until(step_id, name, record.deadline)  # woken early (a redelivery): wait for what is left
+        pause_until(ctx, step_id, name, record.deadline)  # woken early (a redelivery): wait for what is left
     elif done:
         log.warning(
             "step %s of %s: attempt %d never finished (its worker was lost); counting it",
@@ -131,10 +136,10 @@ def run_attempts(
                 f"(retries={policy.retries}); the last one never finished because its worker was lost"
             )
             raise ctx.fail_step(step_id, name, lost, started_at)
-        ctx.start_attempt(step_id, attempt)
+        start_attempt(ctx, step_id, attempt)
         try:
-            return call()
-        except ctx.engine.passthrough:
+            return call(attempt)
+        except ctx.passthrough:
             raise
         except Exception as exc:
             if attempt >= policy.max_attempts or not policy.retries_error(exc):
@@ -155,5 +160,29 @@ def run_attempts(
                 pause,
                 exc,
             )
-            ctx.pause_until(step_id, name, ctx.engine.clock() + pause)
+            pause_until(ctx, step_id, name, ctx.clock() + pause)
             done = attempt
+
+
+def start_attempt(ctx: WorkflowContextProtocol, step_id: int, attempt: int) -> None:
+    """Write that *attempt* of step *step_id* starts now, before it runs."""
+    ctx.check_deadline()  # each attempt is a step boundary too
+    store, lease = ctx.store, ctx.lease
+    ctx.store_call(
+        lambda: store.start_attempt(lease, step_id, attempt, ctx.clock()), f"attempt {attempt} of step {step_id}"
+    )
+
+
+def pause_until(ctx: WorkflowContextProtocol, step_id: int, name: str, until: float) -> None:
+    """Wait until *until* before the next attempt of step *step_id*: sleep in place for at most
+    :data:`IN_PLACE_LIMIT` seconds, otherwise record the wait and leave the worker (``Suspend``)."""
+    now = ctx.clock()
+    if until - now <= IN_PLACE_LIMIT:
+        if until > now:
+            ctx.pause(until - now)
+        return
+    store, lease, horizon = ctx.store, ctx.lease, ctx.config.horizon
+    result = ctx.store_call(
+        lambda: store.wait_retry(lease, step_id, name, until, now, horizon), f"the retry pause of step {name!r}"
+    )
+    ctx.suspend(result.dispatch, {"wait": RETRY_WAIT, "step": step_id, "name": name, "until": until})

@@ -28,6 +28,9 @@ just before an older one sees it in histories that predate the new patch. A misp
 caught where it is certain: a marker of *name* recorded at a later step id than where the code
 now asks (the call moved), and any other operation meeting a patch checkpoint (a ``patched`` or
 ``deprecate_patch`` call removed too early) raises :class:`NonDeterministicWorkflow` naming it.
+
+Patches are an engine extension: they use the workflow context only through
+:class:`~celery_durable.extension.WorkflowContextProtocol`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from .errors import NonDeterministicWorkflow
 from .store import StepRecord
 
 if TYPE_CHECKING:
-    from .core import WorkflowContext
+    from .extension import WorkflowContextProtocol
 
 #: Environment variable that names the code version (beats the source hash, not an explicit argument).
 ENV_VERSION = "CELERY_DURABLE_VERSION"
@@ -92,8 +95,8 @@ def misplaced_hint(recorded: StepRecord) -> str:
     )
 
 
-def _check_not_moved(ctx: WorkflowContext, patch: str, marker: str, step_id: int) -> None:
-    for later_id, step in ctx.steps.items():
+def _check_not_moved(ctx: WorkflowContextProtocol, patch: str, marker: str, step_id: int) -> None:
+    for later_id, step in ctx.checkpoints.items():
         if later_id > step_id and _is_patch(step) and step.name == marker:
             raise NonDeterministicWorkflow(
                 f"workflow {ctx.workflow_id!r} is not deterministic: patch {patch!r} was recorded at step "
@@ -101,19 +104,28 @@ def _check_not_moved(ctx: WorkflowContext, patch: str, marker: str, step_id: int
             )
 
 
-def patched(ctx: WorkflowContext, patch: str, marker: str) -> bool:
+def _record_marker(ctx: WorkflowContextProtocol, marker: str) -> None:
+    """Take the next step id for the checkpoint that marks the patch taken."""
+    step_id = ctx.take_step()
+    now = ctx.clock()
+    checkpoint = StepRecord(ctx.workflow_id, step_id, marker, PATCH_KIND, "null", None, None, now, now)
+    store, lease = ctx.store, ctx.lease
+    ctx.store_call(lambda: store.record_step(lease, checkpoint), f"{PATCH_KIND} {marker!r}")
+
+
+def patched(ctx: WorkflowContextProtocol, patch: str, marker: str) -> bool:
     """Answer ``patched(patch)`` (see the module docstring); *marker* is the patch checkpoint's name."""
     if patch in ctx.patches:
         return ctx.patches[patch]
     ctx.check_deadline()
-    step_id = ctx.next_step_id  # peek: the step id is taken only on the True branch
-    recorded = ctx.steps.get(step_id)
+    step_id = ctx.next_step_id()  # peek: the step id is taken only on the True branch
+    recorded = ctx.checkpoints.get(step_id)
     if recorded is None:
         _check_not_moved(ctx, patch, marker, step_id)
-        ctx.record_marker(marker, PATCH_KIND)
+        _record_marker(ctx, marker)
         answer = True
     elif _is_patch(recorded) and recorded.name == marker:
-        ctx.next_step_id += 1
+        ctx.take_step()
         answer = True
     else:
         _check_not_moved(ctx, patch, marker, step_id)
@@ -122,15 +134,15 @@ def patched(ctx: WorkflowContext, patch: str, marker: str) -> bool:
     return answer
 
 
-def deprecate_patch(ctx: WorkflowContext, patch: str, marker: str) -> None:
+def deprecate_patch(ctx: WorkflowContextProtocol, patch: str, marker: str) -> None:
     """Run ``deprecate_patch(patch)`` (see the module docstring); *marker* is the patch checkpoint's name."""
     if patch in ctx.patches:
         return
     ctx.check_deadline()
-    step_id = ctx.next_step_id
-    recorded = ctx.steps.get(step_id)
+    step_id = ctx.next_step_id()
+    recorded = ctx.checkpoints.get(step_id)
     if recorded is not None and recorded.kind == PATCH_KIND and recorded.name == marker:
-        ctx.next_step_id += 1
+        ctx.take_step()
     else:
         _check_not_moved(ctx, patch, marker, step_id)
     ctx.patches[patch] = True
