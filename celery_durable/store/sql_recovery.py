@@ -36,6 +36,7 @@ class SQLRecovery:
         def acquire(self, workflow_id: str) -> Lease | None: ...
         def release(self, lease: Lease) -> None: ...
         def _stopped(self, conn: sa.Connection, workflow_id: str, failed: bool, now: float) -> list[Dispatch]: ...
+        def admit_enqueued(self, now: float) -> list[Dispatch]: ...
 
     def sweep(self, now: float, horizon: float, grace: float, limit: int = 500) -> list[Dispatch]:
         w = self.t.workflows
@@ -46,7 +47,8 @@ class SQLRecovery:
             # Past their own deadline, queued or waiting: the sweep stops them (see _time_out). RUNNING
             # ones are probed below with the others: only a free lock says no execution will.
             sa.and_(
-                w.c.status.in_((WorkflowStatus.PENDING.value, WorkflowStatus.WAITING.value)), w.c.timeout_at <= now
+                w.c.status.in_((WorkflowStatus.PENDING.value, WorkflowStatus.WAITING.value, WorkflowStatus.ENQUEUED.value)),
+                w.c.timeout_at <= now,
             ),
             sa.and_(waiting, w.c.timer_due < now - grace),
             sa.and_(
@@ -76,7 +78,8 @@ class SQLRecovery:
                 self.release(lease)
             if dispatch is not None:
                 dispatches.append(dispatch)
-        return dispatches
+        # Concurrency limits (sql_concurrency.py): admit into free slots, had a wake-up been lost.
+        return dispatches + self.admit_enqueued(now)
 
     def _reclaim(self, lease: Lease, now: float, horizon: float, grace: float) -> Dispatch | None:
         with self._tx(lease) as conn:
