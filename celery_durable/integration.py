@@ -27,7 +27,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import task_postrun, task_revoked
 
 from . import celery_results as results
-from . import core, hooks, versioning, workflow_api
+from . import core, flow_concurrency, hooks, versioning, workflow_api
 from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
@@ -101,17 +101,28 @@ class WorkflowTask(Task):
     #: Queue of its messages (``@durable.workflow(queue=...)``, else ``DurableConfig.queue``; None: routing).
     durable_queue: str | None = None
 
+    #: Its concurrency limit (``@durable.workflow(concurrency=N)``, flow_concurrency.py), or None.
+    durable_concurrency: flow_concurrency.Concurrency | None = None
+
     def start(
-        self, *args: Any, workflow_id: str | None = None, timeout: float | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+        **kwargs: Any,
     ) -> WorkflowHandle:
         """Start the workflow (or find it: the id is an idempotency key) and return its handle.
 
         *timeout* (seconds, default the workflow's own ``timeout``) fixes its deadline now: once it
         passes, the workflow stops and ends CANCELLED (``result()`` raises ``WorkflowTimedOut``).
+        *priority* (a workflow with ``concurrency=``): among those waiting for a slot of its key, lower
+        is admitted first (default 0; equal priorities in start order).
         """
+        priority = flow_concurrency.check_priority(priority)
         if core.workflow_body() is not None:  # hook (children): inside a workflow, start a child (a checkpoint)
             return self.durable._start_child(self, args, kwargs, workflow_id, timeout)
-        result = self.durable._start(self, args, kwargs, workflow_id, {}, timeout=timeout)
+        result = self.durable._start(self, args, kwargs, workflow_id, {}, timeout=timeout, priority=priority)
         return WorkflowHandle(self.durable, result.id)  # it exists: _start just stored or found it
 
     def apply_async(
@@ -221,15 +232,24 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         (``start(..., timeout=)`` overrides it). ``queue=`` (default: the ``queue`` option) is where its
         messages go; it is stored with each workflow, so wake-ups and recovery publish there too.
         Other Celery task options (``name=``, ``priority=``, ...) pass through.
+
+        ``concurrency=N``: at most N workflows of this name in flight (admitted and not finished) across
+        the cluster; ``concurrency_key=`` (a parameter's name, or a function ``(*args, **kwargs) -> str``)
+        makes it N per value of that key. Over the limit, ``limit_strategy=`` decides: ``"queue"``
+        (default: stored ENQUEUED, holding no worker, admitted in order when a slot frees),
+        ``"cancel_newest"`` (``start`` raises ``ConcurrencyLimitExceeded``) or ``"cancel_in_progress"``
+        (the oldest in flight for that key is cancelled). See flow_concurrency.py.
         """
         if fn is None:
             return lambda f: self.workflow(f, **task_options)
         timeout = core.check_timeout(task_options.pop("timeout", None))
+        limits = [task_options.pop(o, None) for o in ("concurrency", "concurrency_key", "limit_strategy")]
         durable = self
+        body: Callable[..., Any] = fn  # the body with its admission when it has a concurrency limit (set below)
 
         @functools.wraps(fn)
         def run(task: Task, *args: Any, **kwargs: Any) -> Any:
-            return durable._run(task, fn, args, kwargs)
+            return durable._run(task, body, args, kwargs)
 
         options: dict[str, Any] = {
             "bind": True,
@@ -245,6 +265,9 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         options["durable_timeout"] = timeout  # becomes an attribute of the task class, read by _start
         task = self.app.task(**options)(run)
         v.check_name(task.name, "workflow name")  # stored with every workflow: refuse it now, not at start
+        task.durable_concurrency = flow_concurrency.concurrency(task.name, fn, *limits)
+        if task.durable_concurrency is not None:
+            body = flow_concurrency.admitting(fn, task.durable_concurrency)
         self._register(task.name, fn)
         return task
 
@@ -305,7 +328,10 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         options: dict[str, Any],
         *,
         timeout: float | None = None,
+        priority: int | None = None,
     ) -> results.WorkflowResult:
+        limit: flow_concurrency.Concurrency | None = getattr(task, "durable_concurrency", None)
+        flow = limit.flow(args, kwargs, priority) if limit is not None else None  # hook (concurrency)
         queue = v.check_queue(options.get("queue") or getattr(task, "durable_queue", None) or self.config.queue)
         options = dict(options)
         # The canvas fires when the workflow finishes, from the execution that finishes it: stored
@@ -321,10 +347,11 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
             version=self.version,
             parent_id=None,
             task_options=canvas,
+            flow=flow,
         )
         workflow_id = record.workflow_id
         result = results.WorkflowResult(workflow_id, self, app=self.app, backend=task.backend)
-        if not created:
+        if not created or record.status is WorkflowStatus.ENQUEUED:  # ENQUEUED: admission sends its message
             return result
         if self.app.conf.task_always_eager:
             self._eager.run(Dispatch(workflow_id, record.name, record.queue, record.ticket))

@@ -22,7 +22,7 @@ from . import validation as v
 from .errors import WorkflowConflict, WorkflowNotFound
 from .handle import decode_result
 from .serialization import check_stored_text
-from .store import Dispatch, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
+from .store import Dispatch, FlowLimit, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
 
 PRUNE_BATCH = 500
 
@@ -49,12 +49,15 @@ class Management:
         version: str | None,
         parent_id: str | None,
         task_options: str | None = None,
+        flow: FlowLimit | None = None,
     ) -> tuple[WorkflowRecord, bool]:
         """Store a new PENDING workflow (or find it: the id is an idempotency key); return it and whether it is new.
 
         Every start goes through here; the caller publishes the first task message of a new one.
         *timeout* fixes the workflow's own deadline at ``now + timeout``; *task_options* is the task
-        system's opaque text, given back with the record (Celery: the start's canvas).
+        system's opaque text, given back with the record (Celery: the start's canvas). *flow* (a
+        concurrency limit, flow_concurrency.py) decides admission with the insert: an ENQUEUED record
+        gets no message from the caller.
         """
         core.check_id(name, "workflow name")
         workflow_id = core.check_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
@@ -76,6 +79,7 @@ class Management:
             timeout_at=None if seconds is None else now + seconds,
             trace_context=engine.observers.start_context(name, workflow_id) if engine.observers else None,  # observer hook
             task_options=task_options,
+            **({"flow": flow} if flow is not None else {}),  # hook (concurrency): no change without a limit
         )
         if not created and record.name != name:
             raise WorkflowConflict(
