@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from ..timeouts import earliest, timed_out_error
 from .records import Dispatch, WorkflowRecord, WorkflowStatus
-from .schema import ACTIVE_STATUSES, CLEARED_WAIT
+from .schema import CLEARED_WAIT, UNFINISHED_STATUSES
 
 if TYPE_CHECKING:
     from .base import Lease
@@ -134,7 +134,7 @@ class SQLRecovery:
 
     def shift_deadlines(self, seconds: float) -> int:
         w = self.t.workflows
-        unfinished = w.c.status.in_(ACTIVE_STATUSES)
+        unfinished = w.c.status.in_(UNFINISHED_STATUSES)
         timed = sa.or_(w.c.deadline.is_not(None), w.c.timeout_at.is_not(None), w.c.timer_due.is_not(None))
         with self._tx() as conn:
             result = conn.execute(
