@@ -66,9 +66,12 @@ class SQLConcurrency:
     def _lock_key(self, conn: sa.Connection, key: str) -> None:
         self._lock_channel(conn, "c", key)
 
-    def _held(self, conn: sa.Connection, key: str) -> int:
+    def _held_query(self, key: str) -> Any:
         f = self.t.flow_slots
-        return int(conn.execute(sa.select(sa.func.count()).select_from(f).where(f.c.flow_key == key)).scalar_one())
+        return sa.select(sa.func.count()).select_from(f).where(f.c.flow_key == key).scalar_subquery()
+
+    def _held(self, conn: sa.Connection, key: str) -> int:
+        return int(conn.execute(sa.select(self._held_query(key))).scalar_one())
 
     def _take_slot(self, conn: sa.Connection, key: str, workflow_id: str, now: float) -> None:
         conn.execute(self.t.flow_slots.insert().values(flow_key=key, workflow_id=workflow_id, admitted_at=now))
@@ -77,17 +80,17 @@ class SQLConcurrency:
         """Admit the head of *key*'s queue into its free slots (the caller holds the key's lock); return their messages."""
         w = self.t.workflows
         head = (
-            sa.select(w.c.workflow_id, w.c.flow_limit)
+            sa.select(w.c.workflow_id, w.c.flow_limit, self._held_query(key).label("held"))
             .where(w.c.flow_key == key, w.c.status == _ENQUEUED)
             .order_by(w.c.priority, w.c.created_at, w.c.workflow_id)
             .limit(_BATCH)
         )
         if conn.dialect.name == "postgresql":
-            head = head.with_for_update(skip_locked=True)  # one being cancelled right now: skip it
+            head = head.with_for_update(of=w, skip_locked=True)  # one being cancelled right now: skip it
         rows = conn.execute(head).all()
         if not rows:
             return []
-        free = rows[0].flow_limit - self._held(conn, key)
+        free = rows[0].flow_limit - rows[0].held
         chosen = [r.workflow_id for r in rows[: max(0, free)]]
         if not chosen:
             return []
@@ -157,14 +160,13 @@ class SQLConcurrency:
         the oldest holders are cancelled to make room. Returns the verdict and wake-ups to publish.
         """
         w = self.t.workflows
-        queued = conn.execute(
-            sa.select(w.c.workflow_id).where(w.c.flow_key == flow.key, w.c.status == _ENQUEUED).limit(1)
-        ).first()
-        if queued is None and self._held(conn, flow.key) < flow.limit:
+        waiting = sa.exists().where(w.c.flow_key == flow.key, w.c.status == _ENQUEUED)
+        held, queued = conn.execute(sa.select(self._held_query(flow.key), waiting)).one()  # one round trip
+        if not queued and held < flow.limit:
             return ADMITTED, []
         if flow.strategy == "cancel_newest":
             return REFUSED, []
-        if flow.strategy == "cancel_in_progress" and queued is None:
+        if flow.strategy == "cancel_in_progress" and not queued:
             wakeups = self._make_room(conn, flow, now)
             if self._held(conn, flow.key) < flow.limit:
                 return ADMITTED, wakeups
@@ -176,12 +178,16 @@ class SQLConcurrency:
         """``create_workflow`` with a limit: insert and decide admission in one transaction (see base.py)."""
         w = self.t.workflows
         with self._tx() as conn:
-            existing = self._select_workflow(conn, values["workflow_id"])
-            if existing is not None:
-                return existing, False
+            if flow.strategy == "cancel_in_progress":  # never cancel anything for a start that exists already
+                existing = self._select_workflow(conn, values["workflow_id"])
+                if existing is not None:
+                    return existing, False
             self._lock_key(conn, flow.key)
             verdict, wakeups = self._decide(conn, flow, now)
             if verdict == REFUSED:
+                existing = self._select_workflow(conn, values["workflow_id"])
+                if existing is not None:  # a repeated start of one that exists: the id is an idempotency key
+                    return existing, False
                 raise ConcurrencyLimitExceeded(
                     f"workflow {values['name']!r} has {flow.limit} of {flow.limit} running for concurrency key "
                     f"{flow.key!r} (limit_strategy='cancel_newest'): {values['workflow_id']!r} was not started"

@@ -92,6 +92,15 @@ def test_cancel_newest_refuses_and_stores_nothing(h: Harness) -> None:
     assert start(h.store, "b", flow) is S.PENDING  # the slot is free again
 
 
+@pytest.mark.parametrize("strategy", ["queue", "cancel_newest", "cancel_in_progress"])
+def test_a_repeated_start_returns_the_existing_workflow_and_changes_nothing(h: Harness, strategy: str) -> None:
+    flow = FlowLimit("k", 1, strategy=strategy)
+    start(h.store, "a", flow)
+    again, created = h.store.create_workflow("a", "wf", "[]", "q", T0 + 1, flow=flow)
+    assert not created and again.workflow_id == "a" and again.status is S.PENDING
+    assert h.store.flow_slots("k") == ["a"]
+
+
 def test_cancel_in_progress_cancels_the_oldest_holder_and_admits_the_new_one(h: Harness) -> None:
     flow = FlowLimit("k", 2, strategy="cancel_in_progress")
     start(h.store, "old", flow, T0)
