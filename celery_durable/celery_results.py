@@ -68,6 +68,7 @@ _CANVAS = {
 }
 _STATES = {
     WorkflowStatus.PENDING: states.PENDING,
+    WorkflowStatus.ENQUEUED: states.PENDING,  # waiting for a concurrency slot: not received by a worker yet
     WorkflowStatus.RUNNING: states.STARTED,
     WorkflowStatus.WAITING: WAITING,
     WorkflowStatus.SUCCESS: states.SUCCESS,

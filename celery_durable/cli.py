@@ -363,6 +363,9 @@ def show(client: Client, out: _Out, workflow_id: str) -> None:
         f"executions   {record.executions}",
         f"inputs       {_short(data['inputs'], 200)}",
     ]
+    if record.flow_key is not None:  # concurrency limit (flow_concurrency.py)
+        queued = ", waiting for a slot" if record.status == WorkflowStatus.ENQUEUED else ""
+        lines.append(f"concurrency  key {record.flow_key}, priority {record.priority or 0}{queued}")
     if record.status == WorkflowStatus.SUCCESS:
         lines.append(f"result       {_short(data['output'], 200)}")
     if record.error is not None:

@@ -27,7 +27,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import task_postrun, task_revoked
 
 from . import celery_results as results
-from . import core, flow_rate, hooks, versioning, workflow_api
+from . import core, flow_concurrency, flow_rate, hooks, versioning, workflow_api
 from . import validation as v
 from .client import DEFAULT_URL, ENV_URL, Client
 from .config import DurableConfig
@@ -101,6 +101,9 @@ class WorkflowTask(Task):
     #: Queue of its messages (``@durable.workflow(queue=...)``, else ``DurableConfig.queue``; None: routing).
     durable_queue: str | None = None
 
+    #: Its concurrency limit (``@durable.workflow(concurrency=N)``, flow_concurrency.py), or None.
+    durable_concurrency: flow_concurrency.Concurrency | None = None
+
     def start(
         self,
         *args: Any,
@@ -108,6 +111,7 @@ class WorkflowTask(Task):
         timeout: float | None = None,
         dedup_key: str | None = None,
         on_conflict: str = "return_existing",
+        priority: int | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle:
         """Start the workflow (or find it: the id is an idempotency key) and return its handle.
@@ -117,13 +121,16 @@ class WorkflowTask(Task):
         With *dedup_key*, at most one workflow of this name with that key is unfinished at a time:
         while one is, this returns its handle and starts nothing (*on_conflict* ``"return_existing"``)
         or raises ``DuplicateWorkflow`` (``"raise"``). ``apply_async`` takes the same two options.
+        *priority* (a workflow with ``concurrency=``): among those waiting for a slot of its key, lower
+        is admitted first (default 0; equal priorities in start order).
         """
+        priority = flow_concurrency.check_priority(priority)
         if core.workflow_body() is not None:  # hook (children): inside a workflow, start a child (a checkpoint)
             if dedup_key is not None:
                 raise InvalidArgument("dedup_key is not supported when a workflow starts a child; give it a workflow_id")
             return self.durable._start_child(self, args, kwargs, workflow_id, timeout)
         options = {"dedup_key": dedup_key, "on_conflict": on_conflict}
-        result = self.durable._start(self, args, kwargs, workflow_id, options, timeout=timeout)
+        result = self.durable._start(self, args, kwargs, workflow_id, options, timeout=timeout, priority=priority)
         return WorkflowHandle(self.durable, result.id)  # it exists: _start just stored or found it
 
     def apply_async(
@@ -237,14 +244,23 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         a wait over a second leaves the worker); ``rate_key=`` (a parameter name or a callable of the
         arguments) makes it one limit per value (see flow_rate.py). It replaces Celery's per-worker
         ``rate_limit`` task option. Other Celery task options (``name=``, ``priority=``, ...) pass through.
+
+        ``concurrency=N``: at most N workflows of this name in flight (admitted and not finished) across
+        the cluster; ``concurrency_key=`` (a parameter's name, or a function ``(*args, **kwargs) -> str``)
+        makes it N per value of that key. Over the limit, ``limit_strategy=`` decides: ``"queue"``
+        (default: stored ENQUEUED, holding no worker, admitted in order when a slot frees),
+        ``"cancel_newest"`` (``start`` raises ``ConcurrencyLimitExceeded``) or ``"cancel_in_progress"``
+        (the oldest in flight for that key is cancelled). See flow_concurrency.py.
         """
         if fn is None:
             return lambda f: self.workflow(f, **task_options)
         timeout = core.check_timeout(task_options.pop("timeout", None))
+        limits = [task_options.pop(o, None) for o in ("concurrency", "concurrency_key", "limit_strategy")]
         durable = self
         # Not Celery's per-worker rate_limit: the cluster-wide one of flow_rate.py (declared below, by task name).
         rate_limit, rate_key = task_options.pop("rate_limit", None), task_options.pop("rate_key", None)
-        body = [fn]
+        # The body with its admission (concurrency) and its turn (rate limit) when it has them (set below).
+        body: list[Callable[..., Any]] = [fn]
 
         @functools.wraps(fn)
         def run(task: Task, *args: Any, **kwargs: Any) -> Any:
@@ -267,6 +283,9 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         rate = flow_rate.declare("workflow", task.name, fn, rate_limit, rate_key)
         if rate is not None:
             body[0] = workflow_api.rate_limited_body(fn, rate)
+        task.durable_concurrency = flow_concurrency.concurrency(task.name, fn, *limits)
+        if task.durable_concurrency is not None:  # admitted first, then it waits for its rate turn (if any)
+            body[0] = flow_concurrency.admitting(body[0], task.durable_concurrency)
         self._register(task.name, fn)
         return task
 
@@ -338,7 +357,10 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         options: dict[str, Any],
         *,
         timeout: float | None = None,
+        priority: int | None = None,
     ) -> results.WorkflowResult:
+        limit: flow_concurrency.Concurrency | None = getattr(task, "durable_concurrency", None)
+        flow = limit.flow(args, kwargs, priority) if limit is not None else None  # hook (concurrency)
         queue = v.check_queue(options.get("queue") or getattr(task, "durable_queue", None) or self.config.queue)
         options = dict(options)
         # The canvas fires when the workflow finishes, from the execution that finishes it: stored
@@ -357,10 +379,11 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
             task_options=canvas,
             dedup_key=dedup_key,
             on_conflict=on_conflict,
+            flow=flow,
         )
         workflow_id = record.workflow_id
         result = results.WorkflowResult(workflow_id, self, app=self.app, backend=task.backend)
-        if not created:
+        if not created or record.status is WorkflowStatus.ENQUEUED:  # ENQUEUED: admission sends its message
             return result
         if self.app.conf.task_always_eager:
             self._eager.run(Dispatch(workflow_id, record.name, record.queue, record.ticket))

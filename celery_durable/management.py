@@ -22,7 +22,7 @@ from . import validation as v
 from .errors import DuplicateWorkflow, InvalidArgument, WorkflowConflict, WorkflowNotFound
 from .handle import decode_result
 from .serialization import check_stored_text
-from .store import Dispatch, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
+from .store import Dispatch, FlowLimit, MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
 
 PRUNE_BATCH = 500
 ON_CONFLICT = ("return_existing", "raise")
@@ -61,6 +61,7 @@ class Management:
         task_options: str | None = None,
         dedup_key: str | None = None,
         on_conflict: str = "return_existing",
+        flow: FlowLimit | None = None,
     ) -> tuple[WorkflowRecord, bool]:
         """Store a new PENDING workflow (or find it: the id is an idempotency key); return it and whether it is new.
 
@@ -69,6 +70,9 @@ class Management:
         system's opaque text, given back with the record (Celery: the start's canvas). While an
         unfinished workflow of *name* holds *dedup_key*, it is returned instead (*on_conflict*
         ``"return_existing"``) or ``DuplicateWorkflow`` is raised (``"raise"``).
+        system's opaque text, given back with the record (Celery: the start's canvas). *flow* (a
+        concurrency limit, flow_concurrency.py) decides admission with the insert: an ENQUEUED record
+        gets no message from the caller.
         """
         core.check_id(name, "workflow name")
         dedup_key, on_conflict = check_dedup(dedup_key, on_conflict)
@@ -92,6 +96,7 @@ class Management:
             trace_context=engine.observers.start_context(name, workflow_id) if engine.observers else None,  # observer hook
             task_options=task_options,
             dedup_key=dedup_key,
+            **({"flow": flow} if flow is not None else {}),  # hook (concurrency): no change without a limit
         )
         if not created and record.workflow_id != workflow_id and on_conflict == "raise":
             raise DuplicateWorkflow(

@@ -9,6 +9,7 @@ from .base import Lease, Store
 from .records import (
     Dispatch,
     Execution,
+    FlowLimit,
     MessageRecord,
     SendResult,
     StepRecord,
@@ -21,6 +22,7 @@ from .records import (
 __all__ = [
     "Dispatch",
     "Execution",
+    "FlowLimit",
     "Lease",
     "MessageRecord",
     "SendResult",

@@ -17,6 +17,12 @@ Invariants every implementation keeps:
 * **No lost wake-up.** Recording a wait (:meth:`Store.wait_step`) and storing a message
   (:meth:`Store.send`) both lock the destination's workflow row, so they are serialised:
   either the wait sees the message, or the send sees the wait and wakes it.
+* **Concurrency slots** (``flow`` of :meth:`Store.create_workflow`, :meth:`Store.admit_started`).
+  A workflow admitted under a concurrency key holds one slot of that key from its admission until
+  the transaction that finishes it (``finish``, ``cancel``/``cancel_tree`` and their cascade to
+  descendants, a timeout by the engine or the sweep): never leaked, never granted twice, at most the
+  key's limit at any time. The transaction that frees a slot admits the next ENQUEUED workflow of
+  the key (lowest ``priority``, then oldest start) and returns its message to publish.
 * **Wake-up times.** A waiting workflow's timer is armed for the earlier of its wait's
   ``deadline`` and the workflow's own ``timeout_at``, so a workflow past its deadline is woken
   (and stopped) even while it waits for something else.
@@ -33,6 +39,7 @@ from .child_records import ChildSpec, Joined, JoinRequest
 from .records import (
     Dispatch,
     Execution,
+    FlowLimit,
     MessageRecord,
     SendResult,
     StepRecord,
@@ -77,8 +84,20 @@ class Store(abc.ABC):
         trace_context: str | None = None,
         task_options: str | None = None,
         dedup_key: str | None = None,
+        flow: FlowLimit | None = None,
     ) -> tuple[WorkflowRecord, bool]:
         """Insert a PENDING workflow with ticket 0 unless the id exists, or *dedup_key* is held.
+
+        With *flow* (a concurrency limit), admission is decided in the same transaction, under the
+        key's lock: the workflow is admitted (PENDING, holding a slot of ``flow.key``) when fewer than
+        ``flow.limit`` slots are held and no ENQUEUED workflow of the key waits; otherwise, by
+        ``flow.strategy``: ``"queue"`` stores it ENQUEUED (no message may be published for it: the
+        transaction that frees a slot admits it); ``"cancel_newest"`` raises
+        ``ConcurrencyLimitExceeded`` and stores nothing; ``"cancel_in_progress"`` cancels the oldest
+        admitted workflows of the key (as :meth:`cancel_tree` would; rows being finished at that moment
+        are skipped, their end frees a slot anyway) and admits this one when that freed a slot, else
+        stores it ENQUEUED. The record has ``flow_key`` and ``priority`` set. Without *flow*, nothing
+        more than the insert runs.
 
         *version* is the application version starting it, *parent_id* the workflow that started
         it as a child, *timeout_at* its own deadline (absolute, fixed for its whole life),
@@ -129,15 +148,46 @@ class Store(abc.ABC):
     def cancel(self, workflow_id: str, now: float) -> WorkflowRecord | None:
         """Mark a workflow CANCELLED unless it already finished; bump its ticket so queued messages go stale.
 
+        An ENQUEUED workflow is cancelled too; one holding a concurrency slot frees it and the next of
+        its key is admitted in the same transaction (its message left to the sweep here; :meth:`cancel_tree` returns it).
+
         Return the record after the change (or unchanged when it had finished), ``None`` if unknown.
         Like :meth:`cancel_tree`, except that a parent it wakes is left to the sweep.
         """
+
+    # -- concurrency limits (sql_concurrency.py) -------------------------------------------------------
+    @abc.abstractmethod
+    def admit_started(self, lease: Lease, flow: FlowLimit, now: float) -> str:
+        """Decide the admission of the leased (RUNNING) workflow that was stored without a limit, in one transaction.
+
+        For a workflow started by name (or resumed, or forked: both clear ``flow_key``), whose first
+        execution knows its limit. When its row already has a ``flow_key`` it was admitted: returns
+        ``"admitted"`` and writes nothing. Otherwise, under the key's lock, as :meth:`create_workflow`
+        with *flow* decides: ``"admitted"`` (it takes a slot and stays RUNNING; its finish frees the
+        slot), ``"enqueued"`` (it becomes ENQUEUED with a new ticket: the message being executed is
+        stale, and the execution must leave; admission publishes its next message) or ``"refused"``
+        (``cancel_newest`` over the limit: nothing is written). Raises ``WorkflowCancelled`` when the
+        workflow is no longer RUNNING.
+        """
+
+    @abc.abstractmethod
+    def admit_enqueued(self, now: float) -> list[Dispatch]:
+        """Admit ENQUEUED workflows into the free slots of every key, in order; return their messages.
+
+        The sweep calls it, for slots whose admission's message was lost. A key whose slots are all
+        held admits nothing; each key is decided under its lock, in its own transaction.
+        """
+
+    @abc.abstractmethod
+    def flow_slots(self, key: str) -> list[str]:
+        """Return the ids of the workflows holding a slot of concurrency key *key* (sorted), for tests and operators."""
 
     # -- children (sql_children.py) -------------------------------------------------------------------
     @abc.abstractmethod
     def cancel_tree(self, workflow_id: str, now: float) -> tuple[WorkflowRecord | None, list[Dispatch]]:
         """:meth:`cancel`, and in the same transaction cancel the workflow's unfinished children (and theirs),
-        and count its end on a parent whose join awaits it; return the record and the wake-ups to publish."""
+        and count its end on a parent whose join awaits it; return the record and the wake-ups to publish
+        (including the messages of workflows admitted into the concurrency slots this freed)."""
 
     @abc.abstractmethod
     def cancel_descendants(self, workflow_id: str, now: float) -> int:
@@ -296,6 +346,9 @@ class Store(abc.ABC):
     ) -> list[Dispatch]:
         """Record the end of the workflow unless it was cancelled meanwhile; return wake-ups to publish.
 
+        A workflow holding a concurrency slot frees it, and the next ENQUEUED workflow of its key is
+        admitted, in the same transaction; its message is among the wake-ups returned.
+
         *status* is SUCCESS (with *output*), ERROR (with *error*) or CANCELLED (with *error*
         saying why, such as an encoded ``WorkflowTimedOut``). A child that a join of its parent
         awaits counts its end on the parent in the same transaction, and returns the parent's
@@ -381,7 +434,8 @@ class Store(abc.ABC):
         a deleted ``recv`` checkpoint had consumed is unconsumed, so it is received again; it
         becomes PENDING with a new ticket, without output, error or wait; a ``timeout_at`` already
         passed is cleared (it would stop the workflow at once) and so is a retry count of a deleted
-        step. Returns the record after the change and the :class:`Dispatch` to publish. Otherwise
+        step; its ``flow_key`` is cleared, so its next execution goes through admission again
+        (:meth:`admit_started`). Returns the record after the change and the :class:`Dispatch` to publish. Otherwise
         nothing changes: returns the current record and ``None`` (``(None, None)`` when unknown).
         A workflow with a ``dedup_key`` that another unfinished workflow of its name holds now is
         not resumed: raises ``DuplicateWorkflow`` (naming the holder) and changes nothing.
@@ -437,6 +491,8 @@ class Store(abc.ABC):
           execution can stop it, so the sweep does: it becomes CANCELLED, its ``error`` an encoded
           ``WorkflowTimedOut``, its ticket bumped (queued messages go stale), its unfinished children
           cancelled; only a parent whose join awaits it is dispatched (woken).
+
+        * ENQUEUED with a free slot of its concurrency key: admitted (:meth:`admit_enqueued`).
 
         A workflow whose lock is held is never touched, so sweeping a running workflow is harmless.
         """

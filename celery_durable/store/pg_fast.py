@@ -268,6 +268,7 @@ class PgFastPath:
         record = self._record(row[1:])
         lease.record = record
         lease.parent_id = record.parent_id  # hook (children): finish() wakes a waiting parent
+        lease.flow_key = record.flow_key  # hook (concurrency): finish() frees its slot
         if record.executions == 1:
             lease.history = {}  # the first execution: no checkpoint can exist
             return lease, Execution(record, lease.history)
@@ -462,13 +463,15 @@ class PgFastPath:
         commit; whoever takes the lock next waits on the row lock until the commit, then sees the
         workflow finished.
 
-        A child takes the generic path instead (one transaction of two statements; ``release`` drops
+        A workflow holding a concurrency slot takes the generic path (its slot is freed and the next of its
+        key admitted in the finish's transaction, sql_concurrency.py), and so does a child
+        (one transaction of two statements; ``release`` drops
         the lock): its parent's row must be read with a snapshot taken *after* the child's row lock
         was granted, or a join committed meanwhile would be missed (see sql_children.py). Its end is
         then announced by a NOTIFY of its own, for ``handle.result()`` callers (watch_finish).
         """
         assert isinstance(lease, SQLLease)
-        if lease.parent_id is not None:  # hook (children)
+        if lease.parent_id is not None or lease.flow_key is not None:  # hooks (children, concurrency)
             wakeups: list[Dispatch] = super().finish(lease, status, output, error, now)  # type: ignore[misc]
             self._raw(lease).execute("SELECT pg_notify(%(fchan)s, '')", {"fchan": self.channel(lease.workflow_id, "f")})
             return wakeups

@@ -14,12 +14,15 @@ class WorkflowStatus(str, enum.Enum):
     PENDING: a task message for it is queued (new, woken, or re-enqueued by recovery).
     RUNNING: a worker is executing it.
     WAITING: it waits in ``recv``/``get_event``/``sleep``; no worker slot is held.
+    ENQUEUED: it waits for a slot of its concurrency limit (``@durable.workflow(concurrency=N)``);
+    no worker slot and no task message is held; admission makes it PENDING.
     SUCCESS, ERROR, CANCELLED: finished; nothing runs it again.
     """
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     WAITING = "WAITING"
+    ENQUEUED = "ENQUEUED"
     SUCCESS = "SUCCESS"
     ERROR = "ERROR"
     CANCELLED = "CANCELLED"
@@ -69,6 +72,10 @@ class WorkflowRecord:
     task_options: str | None = None
     #: At most one unfinished workflow of this name has this key (``start(..., dedup_key=...)``).
     dedup_key: str | None = None
+    #: Its concurrency key once admission saw it (``None``: no limit, or not yet seen; sql_concurrency.py).
+    flow_key: str | None = None
+    #: Its admission priority among the ENQUEUED of its key (lower first).
+    priority: int | None = None
 
     @property
     def error_summary(self) -> str | None:
@@ -192,3 +199,21 @@ class SendResult:
     seq: int
     created: bool
     wakeups: tuple[Dispatch, ...] = ()
+
+
+#: What a concurrency limit does with a start that finds every slot of its key taken.
+LIMIT_STRATEGIES = ("queue", "cancel_newest", "cancel_in_progress")
+
+
+@dataclass(frozen=True)
+class FlowLimit:
+    """A workflow's concurrency limit, as the store applies it: at most *limit* admitted at once under *key*.
+
+    *strategy* is one of :data:`LIMIT_STRATEGIES`; *priority* orders the ENQUEUED of a key (lower first,
+    then start order).
+    """
+
+    key: str
+    limit: int
+    strategy: str = "queue"
+    priority: int = 0

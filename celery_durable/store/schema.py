@@ -16,8 +16,11 @@ import sqlalchemy as sa
 # Workflow ids, names, topics, keys and queue names are limited to this many characters.
 MAX_ID_LENGTH = 255
 
-#: Statuses of a workflow that has not finished.
+#: Statuses of a workflow that has been admitted and has not finished (an execution may run it).
 ACTIVE_STATUSES = ("PENDING", "RUNNING", "WAITING")
+#: Statuses of a workflow that has not finished: the active ones, and ENQUEUED (waiting for a concurrency
+#: slot, see sql_concurrency.py), which nothing runs until it is admitted.
+UNFINISHED_STATUSES = (*ACTIVE_STATUSES, "ENQUEUED")
 #: Column values that say a workflow waits for nothing.
 CLEARED_WAIT: dict[str, Any] = {
     "wait_kind": None,
@@ -43,6 +46,9 @@ class Tables:
     messages: sa.Table
     events: sa.Table
     rate_limits: sa.Table
+    #: Concurrency slots (schema version 7, sql_concurrency.py): one row per admitted, unfinished
+    #: workflow of a concurrency-limited key.
+    flow_slots: sa.Table
 
 
 def _v2_workflow_columns() -> list[sa.Column[Any]]:
@@ -102,6 +108,15 @@ def _dedup_index(prefix: str, workflows: sa.Table) -> sa.Index:
     )
 
 
+def _v7_workflow_columns() -> list[sa.Column[Any]]:
+    """Columns schema version 7 added to the workflows table (concurrency limits, see sql_concurrency.py)."""
+    return [
+        sa.Column("flow_key", sa.String(MAX_ID_LENGTH)),  # its concurrency key once it went through admission
+        sa.Column("flow_limit", sa.Integer),  # how many of that key may be admitted at once
+        sa.Column("priority", sa.Integer),  # admission order among the ENQUEUED of a key: lower first
+    ]
+
+
 def build_tables(prefix: str, version: int | None = None) -> Tables:
     """Declare the schema under *prefix*: the newest, or as it stood at schema *version*."""
     version = LATEST_VERSION if version is None else version
@@ -132,6 +147,7 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         *(_v3_workflow_columns() if version >= 3 else []),
         *(_v4_workflow_columns() if version >= 4 else []),
         *(_v6_workflow_columns() if version >= 6 else []),
+        *(_v7_workflow_columns() if version >= 7 else []),
     )
     sa.Index(f"{prefix}workflows_created", workflows.c.created_at)
     sa.Index(f"{prefix}workflows_status", workflows.c.status, workflows.c.created_at)
@@ -146,6 +162,17 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         sa.Index(f"{prefix}workflows_timeout", workflows.c.timeout_at, postgresql_where=timed, sqlite_where=timed)
     if version >= 6:
         _dedup_index(prefix, workflows)
+    if version >= 7:
+        # Admission takes the head of a key's queue: priority, then start order.
+        enqueued = workflows.c.status == "ENQUEUED"
+        sa.Index(
+            f"{prefix}workflows_enqueued",
+            workflows.c.flow_key,
+            workflows.c.priority,
+            workflows.c.created_at,
+            postgresql_where=enqueued,
+            sqlite_where=enqueued,
+        )
     steps = sa.Table(
         f"{prefix}steps",
         md,
@@ -201,7 +228,14 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         sa.Column("key", sa.String(MAX_ID_LENGTH), primary_key=True),  # the rate_key's value ('' without one)
         sa.Column("reserved", sa.Float, nullable=False),  # the latest start time granted on this row
     )
-    return Tables(prefix, md, version_table, workflows, steps, messages, events, rate_limits)
+    flow_slots = sa.Table(
+        f"{prefix}flow_slots",
+        md,
+        sa.Column("flow_key", sa.String(MAX_ID_LENGTH), primary_key=True),
+        sa.Column("workflow_id", sa.String(MAX_ID_LENGTH), primary_key=True),
+        sa.Column("admitted_at", sa.Float, nullable=False),
+    )
+    return Tables(prefix, md, version_table, workflows, steps, messages, events, rate_limits, flow_slots)
 
 
 def _v1_initial(conn: sa.Connection, tables: Tables) -> None:
@@ -249,6 +283,17 @@ def _v6_dedup(conn: sa.Connection, tables: Tables) -> None:
             index.create(conn)
 
 
+def _v7_concurrency(conn: sa.Connection, tables: Tables) -> None:
+    w = tables.workflows
+    for column in _v7_workflow_columns():
+        ddl = sa.schema.CreateColumn(w.c[column.name]).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {w.name} ADD COLUMN {ddl}")
+    for index in w.indexes:
+        if index.name == f"{tables.prefix}workflows_enqueued":
+            index.create(conn)
+    tables.flow_slots.create(conn, checkfirst=True)
+
+
 # Append new migrations here; never edit one that has shipped.
 MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [
     _v1_initial,
@@ -257,5 +302,6 @@ MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [
     _v4_task_options,
     _v5_rate_limits,
     _v6_dedup,
+    _v7_concurrency,
 ]
 LATEST_VERSION = len(MIGRATIONS)

@@ -20,6 +20,7 @@ from .base import Lease, Store
 from .records import (
     Dispatch,
     Execution,
+    FlowLimit,
     StepRecord,
     Suspended,
     WaitRequest,
@@ -28,6 +29,7 @@ from .records import (
 )
 from .schema import ACTIVE_STATUSES, CLEARED_WAIT, FINISHED_STATUSES, LATEST_VERSION, MIGRATIONS, build_tables
 from .sql_children import SQLChildren
+from .sql_concurrency import SQLConcurrency
 from .sql_lease import SQLLease
 from .sql_messages import SQLMessages
 from .sql_ops import SQLOperations
@@ -36,7 +38,7 @@ from .sql_recovery import SQLRecovery
 from .step_cache import StepCache
 
 
-class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimits, Store):
+class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLConcurrency, SQLMessages, SQLRateLimits, Store):
     """Every query of the store (the operators' ones in ``sql_ops.py``); subclasses provide the engine and the locks."""
 
     #: Whether lone statements outside executions may run on autocommit connections.
@@ -169,6 +171,8 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimi
             trace_context=m["trace_context"],
             task_options=m["task_options"],
             dedup_key=m["dedup_key"],
+            flow_key=m["flow_key"],
+            priority=m["priority"],
         )
 
     @staticmethod
@@ -253,7 +257,22 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimi
         trace_context: str | None = None,
         task_options: str | None = None,
         dedup_key: str | None = None,
+        flow: FlowLimit | None = None,
     ) -> tuple[WorkflowRecord, bool]:
+        if flow is not None:  # hook (concurrency): admission decided with the insert (sql_concurrency.py)
+            values = {
+                "workflow_id": workflow_id,
+                "name": name,
+                "inputs": inputs,
+                "queue": queue,
+                "version": version,
+                "parent_id": parent_id,
+                "timeout_at": timeout_at,
+                "trace_context": trace_context,
+                "task_options": task_options,
+                "dedup_key": dedup_key,
+            }
+            return self._create_limited(values, flow, now)
         params = {
             "p_wid": workflow_id,
             "p_name": name,
@@ -386,6 +405,7 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimi
             record = self._workflow(row)
             assert isinstance(lease, SQLLease)
             lease.parent_id = record.parent_id  # hook (children): finish() wakes a waiting parent
+            lease.flow_key = record.flow_key  # hook (concurrency): finish() frees its slot
             lease.record = record
             if record.executions == 1:
                 # Only an execution writes checkpoints, and this is the first one: nothing to read.
@@ -557,13 +577,18 @@ class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLMessages, SQLRateLimi
             "p_now": now,
         }
         assert isinstance(lease, SQLLease)
-        if lease.parent_id is not None:  # hook (children): a child wakes a parent waiting on it, in this transaction
+        # Hooks, in this transaction: a child wakes a parent waiting on it (children); a workflow admitted
+        # under a concurrency limit frees its slot and admits the next of its key (sql_concurrency.py).
+        if lease.parent_id is not None or lease.flow_key is not None:
             with self._tx(lease) as conn:
                 row = conn.execute(self._q_finish.returning(self.t.workflows.c.awaited), params).first()
-                if row is None or row.awaited is None:
+                if row is None:
                     return []
-                failed = status != WorkflowStatus.SUCCESS
-                return self._child_finished(conn, lease.parent_id, row.awaited, failed, now)
+                wakeups = self._release_slot(conn, lease.workflow_id, lease.flow_key, now) if lease.flow_key else []
+                if lease.parent_id is not None and row.awaited is not None:
+                    failed = status != WorkflowStatus.SUCCESS
+                    wakeups += self._child_finished(conn, lease.parent_id, row.awaited, failed, now)
+                return wakeups
         with self._single(lease) as conn:
             conn.execute(self._q_finish, params)
         return []

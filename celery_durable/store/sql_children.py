@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from ..errors import DurableError, InvalidArgument, WorkflowConflict
 from .child_records import ALL, FIRST_ERROR, JOIN, ChildOutcome, ChildSpec, Joined, JoinRequest
 from .records import Dispatch, StepRecord, Suspended, WorkflowRecord, WorkflowStatus
-from .schema import ACTIVE_STATUSES, CLEARED_WAIT
+from .schema import CLEARED_WAIT, UNFINISHED_STATUSES
 from .sql_lease import SQLLease
 
 if TYPE_CHECKING:
@@ -76,6 +76,10 @@ class SQLChildren:
         _suspend: Callable[..., Suspended]  # SQLStore._suspend(conn, wf, kind, target, topics, step_id, ..., **extra)
 
         def is_transient(self, exc: BaseException) -> bool: ...
+        def leave_to_sweep(self, dispatch: Dispatch) -> None: ...
+        def _release_slots(
+            self, conn: sa.Connection, ended: Sequence[tuple[str, str | None]], now: float
+        ) -> list[Dispatch]: ...
 
     # -- starting ---------------------------------------------------------------------------------
     def start_children(self, lease: Lease, children: Sequence[ChildSpec], checkpoint: StepRecord) -> list[Dispatch]:
@@ -173,7 +177,7 @@ class SQLChildren:
                     marked.update(
                         conn.execute(
                             w.update()
-                            .where(w.c.workflow_id.in_(list(chunk)), w.c.status.in_(ACTIVE_STATUSES))
+                            .where(w.c.workflow_id.in_(list(chunk)), w.c.status.in_(UNFINISHED_STATUSES))
                             .values(awaited=request.step_id)
                             .returning(w.c.workflow_id)
                         ).scalars()
@@ -240,40 +244,57 @@ class SQLChildren:
         return [Dispatch(parent_id, row.name, row.queue, row.ticket + 1)]
 
     # -- cascades ---------------------------------------------------------------------------------------
-    def _cancel_descendants(self, conn: sa.Connection, roots: Sequence[str], now: float) -> int:
+    def _cancel_descendants(
+        self, conn: sa.Connection, roots: Sequence[str], now: float, admitted: list[Dispatch]
+    ) -> int:
         """Cancel the unfinished children of *roots*, and theirs, level by level; return how many.
 
-        A cancelled descendant's parent is cancelled too, so none of them needs a wake-up.
+        A cancelled descendant's parent is cancelled too, so none of them needs a wake-up. One that held
+        a concurrency slot frees it (sql_concurrency.py): the workflows that admits go to *admitted*.
         """
         w = self.t.workflows
         frontier, count = list(roots), 0
+        ended: list[tuple[str, str | None]] = []
         while frontier:
-            found: list[str] = []
+            found: list[tuple[str, str | None]] = []
             for chunk in chunks(frontier):
                 found += conn.execute(
                     w.update()
-                    .where(w.c.parent_id.in_(list(chunk)), w.c.status.in_(ACTIVE_STATUSES))
+                    .where(w.c.parent_id.in_(list(chunk)), w.c.status.in_(UNFINISHED_STATUSES))
                     .values(
                         status=WorkflowStatus.CANCELLED.value, ticket=w.c.ticket + 1, updated_at=now, **CLEARED_WAIT
                     )
-                    .returning(w.c.workflow_id)
-                ).scalars()
+                    .returning(w.c.workflow_id, w.c.flow_key)
+                ).tuples()
             count += len(found)
-            frontier = found
+            ended += found
+            frontier = [workflow_id for workflow_id, _ in found]
+        admitted += self._release_slots(conn, ended, now)  # hook (concurrency)
         return count
 
     def cancel_descendants(self, workflow_id: str, now: float) -> int:
+        admitted: list[Dispatch] = []
         with self._tx() as conn:
-            return self._cancel_descendants(conn, [workflow_id], now)
+            count = self._cancel_descendants(conn, [workflow_id], now, admitted)
+        for dispatch in admitted:
+            self.leave_to_sweep(dispatch)
+        return count
 
     def _stopped(self, conn: sa.Connection, workflow_id: str, failed: bool, now: float) -> list[Dispatch]:
-        """After *workflow_id* was stopped (cancel, timeout) in this transaction: cancel its descendants, wake its parent."""
+        """After *workflow_id* was stopped (cancel, timeout) in this transaction: cancel its descendants, free
+        the concurrency slots they and it held, wake its parent."""
         w = self.t.workflows
-        self._cancel_descendants(conn, [workflow_id], now)
-        row = conn.execute(sa.select(w.c.parent_id, w.c.awaited).where(w.c.workflow_id == workflow_id)).first()
-        if row is None or row.awaited is None:
-            return []
-        return self._child_finished(conn, row.parent_id, row.awaited, failed, now)
+        wakeups: list[Dispatch] = []
+        self._cancel_descendants(conn, [workflow_id], now, wakeups)
+        row = conn.execute(
+            sa.select(w.c.parent_id, w.c.awaited, w.c.flow_key).where(w.c.workflow_id == workflow_id)
+        ).first()
+        if row is None:
+            return wakeups
+        wakeups += self._release_slots(conn, [(workflow_id, row.flow_key)], now)  # hook (concurrency)
+        if row.awaited is None:
+            return wakeups
+        return wakeups + self._child_finished(conn, row.parent_id, row.awaited, failed, now)
 
     def cancel_tree(self, workflow_id: str, now: float) -> tuple[WorkflowRecord | None, list[Dispatch]]:
         w = self.t.workflows
@@ -283,7 +304,7 @@ class SQLChildren:
                     self._lock_channel(conn, "m", workflow_id)
                     changed = conn.execute(
                         w.update()
-                        .where(w.c.workflow_id == workflow_id, w.c.status.in_(ACTIVE_STATUSES))
+                        .where(w.c.workflow_id == workflow_id, w.c.status.in_(UNFINISHED_STATUSES))
                         .values(
                             status=WorkflowStatus.CANCELLED.value,
                             ticket=w.c.ticket + 1,

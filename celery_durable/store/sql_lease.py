@@ -42,6 +42,7 @@ class SQLLease(Lease):
         self.autocommit = autocommit
         self.finished = False  # set by finish(): the workflow will never run again
         self.parent_id: str | None = None  # set by the claim: finish() wakes a parent only for children
+        self.flow_key: str | None = None  # set by the claim and by admission: finish() frees its slot (sql_concurrency.py)
         # The execution's history, kept for the next execution in this process (step_cache.py):
         # the row as claimed, every checkpoint (read or written), and the wait it recorded, if any.
         self.record: WorkflowRecord | None = None

@@ -197,6 +197,7 @@ class SQLOperations:
                     error=None,
                     dispatched_at=now,
                     updated_at=now,
+                    flow_key=None,  # concurrency: its first execution is admitted again (admit_started)
                     **CLEARED_WAIT,
                     **values,
                 )

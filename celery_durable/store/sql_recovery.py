@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from ..timeouts import earliest, timed_out_error
 from .records import Dispatch, WorkflowRecord, WorkflowStatus
-from .schema import ACTIVE_STATUSES, CLEARED_WAIT
+from .schema import CLEARED_WAIT, UNFINISHED_STATUSES
 
 if TYPE_CHECKING:
     from .base import Lease
@@ -36,6 +36,7 @@ class SQLRecovery:
         def acquire(self, workflow_id: str) -> Lease | None: ...
         def release(self, lease: Lease) -> None: ...
         def _stopped(self, conn: sa.Connection, workflow_id: str, failed: bool, now: float) -> list[Dispatch]: ...
+        def admit_enqueued(self, now: float) -> list[Dispatch]: ...
 
     def sweep(self, now: float, horizon: float, grace: float, limit: int = 500) -> list[Dispatch]:
         w = self.t.workflows
@@ -46,7 +47,8 @@ class SQLRecovery:
             # Past their own deadline, queued or waiting: the sweep stops them (see _time_out). RUNNING
             # ones are probed below with the others: only a free lock says no execution will.
             sa.and_(
-                w.c.status.in_((WorkflowStatus.PENDING.value, WorkflowStatus.WAITING.value)), w.c.timeout_at <= now
+                w.c.status.in_((WorkflowStatus.PENDING.value, WorkflowStatus.WAITING.value, WorkflowStatus.ENQUEUED.value)),
+                w.c.timeout_at <= now,
             ),
             sa.and_(waiting, w.c.timer_due < now - grace),
             sa.and_(
@@ -76,7 +78,8 @@ class SQLRecovery:
                 self.release(lease)
             if dispatch is not None:
                 dispatches.append(dispatch)
-        return dispatches
+        # Concurrency limits (sql_concurrency.py): admit into free slots, had a wake-up been lost.
+        return dispatches + self.admit_enqueued(now)
 
     def _reclaim(self, lease: Lease, now: float, horizon: float, grace: float) -> Dispatch | None:
         with self._tx(lease) as conn:
@@ -131,7 +134,7 @@ class SQLRecovery:
 
     def shift_deadlines(self, seconds: float) -> int:
         w = self.t.workflows
-        unfinished = w.c.status.in_(ACTIVE_STATUSES)
+        unfinished = w.c.status.in_(UNFINISHED_STATUSES)
         timed = sa.or_(w.c.deadline.is_not(None), w.c.timeout_at.is_not(None), w.c.timer_due.is_not(None))
         with self._tx() as conn:
             result = conn.execute(

@@ -56,6 +56,9 @@ class Workflow(models.Model):
     awaiting = models.IntegerField(null=True)  # ... and on the parent, awaited children not finished
     task_options = models.TextField(null=True)  # the start message's Celery canvas, fired at the finish
     dedup_key = models.CharField(max_length=MAX_ID_LENGTH, null=True)  # start(dedup_key=...): one unfinished per key
+    flow_key = models.CharField(max_length=MAX_ID_LENGTH, null=True)  # its concurrency key, once admission saw it
+    flow_limit = models.IntegerField(null=True)  # how many of that key may be admitted at once
+    priority = models.IntegerField(null=True)  # admission order among the ENQUEUED of its key (lower first)
 
     class Meta:
         managed = False
