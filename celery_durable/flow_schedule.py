@@ -219,7 +219,9 @@ class ScheduleAPI:
         return self._schedule_driver
 
     def _start_run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], workflow_id: str, queue: str | None) -> str:
-        return self.management.start(name, args, kwargs, workflow_id=workflow_id, queue=queue).workflow_id
+        # A Durable records its code version with each run, as its own starts do; a DurableClient has none.
+        version = getattr(self, "version", None)
+        return self.management.start(name, args, kwargs, workflow_id=workflow_id, queue=queue, version=version).workflow_id
 
     def schedule(
         self,

@@ -38,11 +38,12 @@ def pool_defaults(slots: int, sweeps: bool) -> dict[str, Any]:
 
     An execution holds its lease connection for its whole run and may need one more for a short
     read (a handle, a start from a step, the timer thread's check), so ``slots + 1`` connections
-    (+1 for the sweep) let every thread of the process make progress; no overflow, so that
-    number is also the most the process ever opens. ``handle.result()`` waits on one listener
-    connection of its own per process (see store/pg_listen.py), outside this pool.
+    (+2 for the sweep and the schedules' tick driver, which run beside it) let every thread of the
+    process make progress; no overflow, so that number is also the most the process ever opens.
+    ``handle.result()`` waits on one listener connection of its own per process (see
+    store/pg_listen.py), outside this pool.
     """
-    return {"pool_size": max(slots, 0) + 1 + int(sweeps), "max_overflow": 0}
+    return {"pool_size": max(slots, 0) + 1 + 2 * int(sweeps), "max_overflow": 0}
 
 
 def _pool_kind(pool_cls: Any) -> str:
