@@ -7,10 +7,14 @@ test sets; a run is started the way a client starts one (``create_workflow`` und
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +25,9 @@ from celery_durable.schedules import Interval, tick_id, to_text
 from celery_durable.serialization import get_serializer
 from celery_durable.store import Store, WorkflowStatus
 
-from .conftest import Harness
+from .conftest import Harness, store_url
+
+ROOT = Path(__file__).resolve().parents[2]
 
 T = 1_800_000_000.0  # a multiple of 2 and of 60: ticks of "every 2s" fall on T, T + 2, ...
 EVERY_2S = to_text(Interval(2.0))
@@ -271,3 +277,77 @@ def test_bad_definitions_are_refused_by_name(h: Harness, kwargs: dict, message: 
     with pytest.raises(InvalidArgument, match=message):
         client.schedule("s", "wf", **call)
     assert client.list_schedules() == []
+
+
+def test_racing_drivers_agree_on_skip_one_run_until_it_finishes(h: Harness) -> None:
+    """With overlap="skip" the decision for a tick is made once: 16 racing drivers never start a second
+    run while the first is unfinished, and start the next due tick once it finished."""
+    stores = [h.store, *(h.other_store() for _ in range(3))]
+    add(h.store, overlap="skip")
+    runs = Runs()
+    drivers = [driver(stores[i % 4], runs) for i in range(16)]
+
+    def race(now: float) -> None:
+        barrier = threading.Barrier(len(drivers))
+
+        def fire(d: ScheduleDriver) -> None:
+            barrier.wait()
+            d.fire(now)
+
+        with ThreadPoolExecutor(len(drivers)) as pool:
+            list(pool.map(fire, drivers))
+
+    for k in range(10):
+        race(T + 2 * k + 0.1)
+    assert list(runs.created.items()) == [(tick_id("s", T), 1)]
+    finish_all(h.store)
+    race(T + 20.1)
+    assert sorted(runs.created.items()) == [(tick_id("s", T), 1), (tick_id("s", T + 20), 1)]
+
+
+_DRIVER = """
+import os, sys, time
+from celery_durable.flow_schedule import ScheduleDriver
+from celery_durable.serialization import get_serializer
+from celery_durable.store import open_store
+url, prefix, go, base = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+store = open_store(url, prefix)
+
+def start(name, args, kwargs, workflow_id, queue):
+    record, created = store.create_workflow(workflow_id, name, "[]", queue, base)
+    if created:
+        print(workflow_id, flush=True)
+    return workflow_id
+
+driver = ScheduleDriver(store, get_serializer("json"), start, clock=time.time)
+while not os.path.exists(go):
+    time.sleep(0.001)
+for k in range(25):
+    driver.fire(base + 2 * k + 0.5)
+store.close()
+"""
+
+
+def test_processes_driving_one_schedule_start_each_tick_once(h: Harness, tmp_path: Path) -> None:
+    """4 processes, each with its own store and driver, fire the same 25 ticks: every tick's
+    workflow is created by exactly one of them."""
+    add(h.store, overlap="allow")
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DRIVER, store_url(h.store), h.store.prefix, str(go), repr(T)],  # type: ignore[attr-defined]
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(ROOT),
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(4)
+    ]
+    go.write_text("")
+    created: Counter[str] = Counter()
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        created.update(out.split())
+    assert set(created) == {tick_id("s", T + 2 * k) for k in range(25)}
+    assert set(created.values()) == {1}, "no tick's workflow created twice"
