@@ -8,13 +8,16 @@ and when it ran (tests/apps/schedapp.py).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from celery_durable import DurableClient
 from celery_durable.schedules import tick_id
-from tests.services import Beat, Worker, wait_for
+from tests.services import ROOT, Beat, Worker, wait_for
 
 EVERY = 2.0
 
@@ -90,3 +93,23 @@ def test_catchup_starts_the_ticks_missed_while_every_worker_was_stopped(e2e_env:
     assert_one_run_per_tick(env, first, latest)
     caught_up = [line for line in runs(env) if stopped_after < line["scheduled_for"] < restarted - 1]
     assert len(caught_up) >= 4 and all(line["at"] >= restarted - 1 for line in caught_up), "the missed ticks ran late"
+
+
+def test_celery_a_proj_durable_schedules_lists_and_pauses_what_the_code_registered(e2e_env: dict[str, str]) -> None:
+    env = {**os.environ, **e2e_env, "PYTHONPATH": str(ROOT)}
+
+    def celery(*args: str) -> Any:
+        done = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tests.apps.schedapp", "durable", "schedules", *args, "--json"],
+            env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    (listed,) = celery("list")
+    assert (listed["name"], listed["workflow"], listed["schedule"], listed["paused"]) == (
+        "every", "tests.apps.schedapp.report", "every 2s", False
+    )
+    assert celery("pause", "every")["paused"] is True
+    (again,) = celery("list")  # importing the app registers the schedule again: it stays paused
+    assert again["paused"] is True
