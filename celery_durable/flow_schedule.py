@@ -291,7 +291,8 @@ class ScheduleAPI:
             raise ScheduleNotFound(f"no schedule named {name!r}")
 
     def trigger_schedule(self, name: str) -> WorkflowHandle:
-        """Start one run of schedule *name* now, outside its ticks (id ``sched:{name}:manual-...``)."""
+        """Start one run of schedule *name* now, outside its ticks (id ``sched:{name}:manual-...``, never a
+        tick's), whatever its overlap; the drivers' ``overlap`` looks at the runs of ticks only."""
         row = self._schedule_row(name)
         run = self.schedules._start(row, ticks.manual_id(row.name, uuid.uuid4().hex))
         return self.handle(run)
