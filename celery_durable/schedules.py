@@ -26,6 +26,8 @@ from .validation import shown
 MAX_BACKFILL = 10_000
 #: Shortest interval accepted, in seconds.
 MIN_INTERVAL = 0.1
+#: Longest interval accepted, in seconds (ten years: ticks stay well inside datetime's range).
+MAX_INTERVAL = 10 * 366 * 86400.0
 _DAYS_SEARCHED = 366 * 8  # a crontab that matches no day in 8 years (say 30 February) never matches
 
 
@@ -199,8 +201,10 @@ def parse(schedule: Any) -> Spec:
 
 
 def _interval(seconds: float, given: Any) -> Interval:
-    if not math.isfinite(seconds) or seconds < MIN_INTERVAL:
-        raise InvalidArgument(f"a schedule's interval must be at least {MIN_INTERVAL} s, got {shown(given)}")
+    if not math.isfinite(seconds) or not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+        raise InvalidArgument(
+            f"a schedule's interval must be from {MIN_INTERVAL} s to ten years, got {shown(given)}"
+        )
     return Interval(_round(seconds))
 
 

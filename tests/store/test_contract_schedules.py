@@ -265,7 +265,7 @@ def test_client_backfill_is_idempotent_and_trigger_never_takes_a_tick_id(h: Harn
     ("kwargs", "message"),
     [
         ({"schedule": "2s"}, "schedule must be a crontab"),
-        ({"schedule": 0}, "at least 0.1"),
+        ({"schedule": 0}, "from 0.1 s to ten years"),
         ({"overlap": "queue"}, "overlap must be one of"),
         ({"catchup": -1}, "catchup must be"),
         ({"args": 3}, "args must be a list"),
