@@ -2,7 +2,8 @@
 
 Configured from the environment like tests/apps/wfapp.py (CD_BROKER, CD_DATABASE_URL, CD_QUEUE,
 CD_PREFIX, CD_COUNTER_DIR). It registers one schedule at import, as user code does: CD_SCHED_EVERY
-seconds (default 2), CD_SCHED_CATCHUP seconds of catch-up (unset: none). Beat, when started on this
+seconds (default 2), CD_SCHED_CATCHUP seconds of catch-up (unset: none); CD_SWEEP=off turns the
+workers' sweep and tick driver off. Beat, when started on this
 app, drives the ticks too (``durable.beat_schedule()``). Each run appends its id, its
 ``scheduled_for`` and its start time to the counter file "runs".
 """
@@ -29,7 +30,8 @@ durable = Durable(
     app,
     os.environ.get("CD_DATABASE_URL"),
     table_prefix=os.environ.get("CD_PREFIX", "durable_"),
-    sweep_interval=2.0,
+    # CD_SWEEP=off: the workers neither sweep nor drive ticks, so only beat does.
+    sweep_interval=None if os.environ.get("CD_SWEEP") == "off" else 2.0,
 )
 app.conf.beat_schedule = durable.beat_schedule(every=30.0, ticks_every=1.0)
 COUNTER_DIR = os.environ.get("CD_COUNTER_DIR", "/tmp")

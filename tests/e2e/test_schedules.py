@@ -113,3 +113,20 @@ def test_celery_a_proj_durable_schedules_lists_and_pauses_what_the_code_register
     assert celery("pause", "every")["paused"] is True
     (again,) = celery("list")  # importing the app registers the schedule again: it stays paused
     assert again["paused"] is True
+
+
+def test_beat_alone_drives_the_ticks_when_the_workers_do_not(e2e_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**e2e_env, "CD_SCHED_EVERY": str(EVERY), "CD_SWEEP": "off"}
+    (tmp_path / "beat").mkdir()
+    worker = Worker(env, app="tests.apps.schedapp").start()
+    beat = Beat(env, tmp_path / "beat", app="tests.apps.schedapp")
+    try:
+        time.sleep(2 * EVERY)
+        assert runs(env) == [], "with the sweep off, the worker alone starts no tick"
+        beat.start()
+        wait_for(lambda: len(runs(env)) >= 4, timeout=60)
+    finally:
+        beat.stop()
+        worker.stop()
+    ticks = sorted(line["scheduled_for"] for line in runs(env))
+    assert_one_run_per_tick(env, ticks[0], ticks[-1])
