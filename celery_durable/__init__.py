@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         NonDeterministicWorkflow,
         NotInWorkflow,
         PayloadTooLarge,
+        ScheduleNotFound,
         SerializationError,
         StepAttemptLost,
         StoreRejected,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         WorkflowNotFound,
         WorkflowTimedOut,
     )
+    from .flow_schedule import ScheduleInfo
     from .handle import WorkflowHandle
     from .integration import Durable, WorkflowTask
     from .store import MessageRecord, StepRecord, WorkflowRecord, WorkflowStatus
@@ -50,6 +52,8 @@ __all__ = [
     "NonDeterministicWorkflow",
     "NotInWorkflow",
     "PayloadTooLarge",
+    "ScheduleInfo",
+    "ScheduleNotFound",
     "SerializationError",
     "StepAttemptLost",
     "StepRecord",
@@ -71,6 +75,7 @@ __version__ = "0.1.0"
 _MODULES = {
     **dict.fromkeys(("DurableClient",), ".client"),
     **dict.fromkeys(("DurableConfig",), ".config"),
+    **dict.fromkeys(("ScheduleInfo",), ".flow_schedule"),
     **dict.fromkeys(("WorkflowHandle",), ".handle"),
     **dict.fromkeys(("Durable", "WorkflowTask"), ".integration"),
     **dict.fromkeys(("MessageRecord", "StepRecord", "WorkflowRecord", "WorkflowStatus"), ".store"),

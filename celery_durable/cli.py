@@ -515,6 +515,9 @@ def dashboard(client: Client, out: _Out, host: str, port: int, allow_actions: bo
     serve(client, host=host, port=port, allow_actions=allow_actions)
 
 
+from . import cli_schedules  # noqa: E402, F401 - registers `durable schedules ...` on the group above
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``celery-durable`` entry point: the same commands without a Celery app."""
     durable.main(args=list(argv) if argv is not None else None, prog_name="celery-durable")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import core
 from .config import DurableConfig
+from .flow_schedule import ScheduleAPI
 from .handle import WorkflowHandle
 from .hooks import Observer, Observers
 from .management import Management
@@ -56,7 +57,7 @@ def default_database_url() -> str:
     return f"sqlite:///{os.path.abspath('celery_durable.sqlite3')}"
 
 
-class Client:
+class Client(ScheduleAPI):
     """Everything that needs only the store and a way to publish: start by name, send, handles, operations.
 
     The store is opened on first use, so creating a client touches no database.

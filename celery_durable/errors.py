@@ -62,6 +62,10 @@ class DuplicateWorkflow(DurableError):
     """Raised when a workflow is started with the ``dedup_key`` of one that is still active (``on_conflict="raise"``)."""
 
 
+class ScheduleNotFound(DurableError, LookupError):
+    """Raised when no schedule exists with the given name."""
+
+
 class NotInWorkflow(DurableError, RuntimeError):
     """Raised when an operation that only makes sense inside a workflow is called outside one."""
 

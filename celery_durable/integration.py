@@ -183,6 +183,7 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         self._functions: list[tuple[str, Callable[..., Any]]] = []
         self._task_base = type("WorkflowTask", (WorkflowTask,), {"durable": self, "abstract": True})
         self.recover_task = self._recover_task()
+        self.tick_task = self._tick_task()
         # Children (children.py): durable.map(step, items) runs each item as a child of this workflow.
         self._steps: dict[str, Callable[..., Any]] = {}
         self._step_workflow = self.workflow(name=f"celery_durable.{self.config.table_prefix}map_step")(self._map_step)
@@ -569,19 +570,51 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         )(recover)
         return task
 
-    def beat_schedule(self, every: float = 60.0) -> dict[str, dict[str, Any]]:
+    def _tick_task(self) -> Task:
+        """Register the task beat runs to fire the schedules' due ticks (see flow_schedule.py)."""
+        durable = self
+
+        def fire_schedules() -> float:
+            """Start every due tick of the stored schedules; return when the next one is due."""
+            return durable.fire_schedules()
+
+        task: Task = self.app.task(
+            name=f"celery_durable.{self.config.table_prefix}fire_schedules",
+            shared=False,
+            base=_QueuedTask,
+            durable_queue=self.config.queue,
+            ignore_result=True,
+        )(fire_schedules)
+        return task
+
+    def beat_schedule(self, every: float = 60.0, ticks_every: float | None = 1.0) -> dict[str, dict[str, Any]]:
         """Entries for ``app.conf.beat_schedule``: ``app.conf.beat_schedule.update(durable.beat_schedule())``.
 
-        The recover task runs every *every* seconds, published to the workflows' queue (``queue``, else
-        the app's routing), so workers started with ``-Q`` that queue receive it.
+        The recover task runs every *every* seconds, and the task that fires the schedules' due ticks
+        every *ticks_every* seconds (``None``: not from beat), published to the workflows' queue
+        (``queue``, else the app's routing), so workers started with ``-Q`` that queue receive them.
+        Several beats may run: a tick still starts one workflow.
         """
-        if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 < every < float("inf"):
-            raise InvalidArgument(f"every must be a positive number of seconds, got {every!r}")
-        entry: dict[str, Any] = {"task": self.recover_task.name, "schedule": float(every)}
-        queue = getattr(self.recover_task, "durable_queue", None)
-        if queue:
-            entry["options"] = {"queue": queue}
-        return {f"celery-durable-{self.config.table_prefix}recover": entry}
+        entries: dict[str, dict[str, Any]] = {}
+        for task, seconds, what, key in (
+            (self.recover_task, every, "every", "recover"),
+            (self.tick_task, ticks_every, "ticks_every", "fire-schedules"),
+        ):
+            if seconds is None and task is self.tick_task:
+                continue
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < float("inf"):
+                raise InvalidArgument(f"{what} must be a positive number of seconds, got {seconds!r}")
+            entry: dict[str, Any] = {"task": task.name, "schedule": float(seconds)}
+            options: dict[str, Any] = {}
+            queue = getattr(task, "durable_queue", None)
+            if queue:
+                options["queue"] = queue
+            if task is self.tick_task:
+                options["expires"] = max(float(seconds) * 5, 5.0)  # a tick message late by more is useless
+            if options:
+                entry["options"] = options
+            entries[f"celery-durable-{self.config.table_prefix}{key}"] = entry
+        return entries
 
     # -- worker processes (the signal handlers: worker.py) ------------------------------------------------
     def _engine_options(self) -> dict[str, Any]:

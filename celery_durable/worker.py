@@ -7,12 +7,17 @@
   never runs a workflow, and nothing else would say so.
 * Logs where the store is, once, so two processes that disagree about it can be told apart.
 * Runs the sweep in the main process every ``sweep_interval`` seconds; ``None``: no sweep at all.
+* Drives the schedules' ticks from the main process (unless ``sweep_interval`` is ``None``): a thread
+  that wakes at the next due tick of any stored schedule, and at least every ``sweep_interval``
+  seconds to see schedules other processes stored. Any number of such drivers may run (see
+  flow_schedule.py): each tick starts one workflow.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
@@ -33,11 +38,12 @@ def pool_defaults(slots: int, sweeps: bool) -> dict[str, Any]:
 
     An execution holds its lease connection for its whole run and may need one more for a short
     read (a handle, a start from a step, the timer thread's check), so ``slots + 1`` connections
-    (+1 for the sweep) let every thread of the process make progress; no overflow, so that
-    number is also the most the process ever opens. ``handle.result()`` waits on one listener
-    connection of its own per process (see store/pg_listen.py), outside this pool.
+    (+2 for the sweep and the schedules' tick driver, which run beside it) let every thread of the
+    process make progress; no overflow, so that number is also the most the process ever opens.
+    ``handle.result()`` waits on one listener connection of its own per process (see
+    store/pg_listen.py), outside this pool.
     """
-    return {"pool_size": max(slots, 0) + 1 + int(sweeps), "max_overflow": 0}
+    return {"pool_size": max(slots, 0) + 1 + 2 * int(sweeps), "max_overflow": 0}
 
 
 def _pool_kind(pool_cls: Any) -> str:
@@ -89,6 +95,7 @@ class WorkerHooks:
         self._controller: Any = None
         self._child = False
         self._sweeper: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
 
     def connect(self) -> None:
@@ -137,6 +144,8 @@ class WorkerHooks:
         self._stop.clear()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="celery-durable-sweep", daemon=True)
         self._sweeper.start()
+        self._ticker = threading.Thread(target=self._tick_loop, name="celery-durable-ticks", daemon=True)
+        self._ticker.start()
 
     def _check_queues(self, consumer: Any) -> None:
         durable = self._durable
@@ -173,6 +182,18 @@ class WorkerHooks:
             except Exception:
                 log.warning("celery_durable sweep failed; will try again", exc_info=True)
             if self._stop.wait(interval):
+                return
+
+    def _tick_loop(self) -> None:
+        cap = self._durable.config.sweep_interval
+        while cap is not None:
+            try:
+                wake = self._durable.fire_schedules()
+                delay = min(max(wake - time.time(), 0.0) + 0.005, cap)
+            except Exception:
+                log.warning("celery_durable: firing schedules failed; will try again", exc_info=True)
+                delay = min(1.0, cap)
+            if self._stop.wait(delay):
                 return
 
 

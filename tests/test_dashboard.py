@@ -84,3 +84,16 @@ def test_mounted_under_a_prefix_every_link_form_and_fetch_stays_under_it(client:
     )
     assert done.status_code == 303 and done.headers["location"] == "/ops/durable/workflow?id=order-1&done=cancel"
     assert client.handle("order-1").status() == WorkflowStatus.CANCELLED
+
+
+def test_the_schedules_page_lists_the_stored_schedules_read_only(client: DurableClient) -> None:
+    web = TestClient(create_app(client))
+    assert "No schedule is stored." in web.get("/schedules").text
+    client.schedule("nightly-report", "shop.report", 3600, overlap="buffer_one")
+    client.pause_schedule("nightly-report")
+    page = web.get("/schedules")
+    assert page.status_code == 200
+    row = html.unescape(page.text)
+    for shown in ("nightly-report", "shop.report", "every 3600s", "buffer_one", "paused"):
+        assert shown in row, shown
+    assert 'href="/schedules"' in web.get("/").text, "the header links to the schedules"

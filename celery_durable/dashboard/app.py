@@ -43,6 +43,7 @@ def create_app(client: Client, *, allow_actions: bool = False) -> Starlette:
         Route("/", views.index),
         Route("/api/counts", views.counts),
         Route("/workflow", views.workflow),
+        Route("/schedules", views.schedules),
         Route("/workflow/{action:str}", views.act, methods=["POST"]),
     ]
     return Starlette(routes=routes)
@@ -102,6 +103,10 @@ class _Views:
             previous_page="?" + urlencode({**active, "offset": max(offset - PAGE_SIZE, 0)}) if offset else None,
             when=_when,
         )
+
+    def schedules(self, request: Request) -> Response:
+        """The stored schedules, read-only (manage them with ``durable schedules ...``)."""
+        return self._render(request, "schedules.html", schedules=self.client.list_schedules())
 
     def workflow(self, request: Request) -> Response:
         workflow_id = request.query_params.get("id", "")

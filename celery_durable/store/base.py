@@ -48,6 +48,7 @@ from .records import (
     WorkflowRecord,
     WorkflowStatus,
 )
+from .schedule_records import ScheduleRecord
 
 
 class Lease(abc.ABC):
@@ -339,6 +340,59 @@ class Store(abc.ABC):
         that timer as for any wait. No checkpoint is written. Raises ``WorkflowCancelled`` when the
         workflow was cancelled.
         """
+
+    # -- schedules (sql_schedules.py) ----------------------------------------------------------------
+    @abc.abstractmethod
+    def upsert_schedule(
+        self,
+        name: str,
+        workflow: str,
+        inputs: str,
+        queue: str | None,
+        spec: str,
+        overlap: str,
+        catchup: float | None,
+        first_tick: float,
+        now: float,
+    ) -> ScheduleRecord:
+        """Store the definition of schedule *name*; return the row as it stands afterwards.
+
+        A new schedule starts unpaused with cursor ``next_tick = first_tick``. An existing one keeps
+        its state (paused, pending, last run) and is written only when a field differs: then its
+        definition is replaced and its revision bumped, and when *spec* changed the cursor becomes
+        *first_tick* (the ticks of the old rule are not the new rule's). Concurrent upserts of one
+        name leave one row holding one of the definitions given.
+        """
+
+    @abc.abstractmethod
+    def get_schedule(self, name: str) -> ScheduleRecord | None:
+        """Return schedule *name*, or None."""
+
+    @abc.abstractmethod
+    def list_schedules(self) -> list[ScheduleRecord]:
+        """Return every schedule, by name."""
+
+    @abc.abstractmethod
+    def advance_schedule(
+        self, name: str, revision: int, next_tick: float, pending: float | None, last_run: str | None, now: float
+    ) -> bool:
+        """Compare-and-set of a schedule's drivers' state: if *name* still has *revision*, set its
+        cursor, pending tick and last run to these values, bump its revision and return True;
+        otherwise change nothing and return False.
+
+        Of any number of concurrent callers that read the same revision, exactly one succeeds, in
+        any process or host: a driver that claims a tick this way is the only one that claimed it.
+        """
+
+    @abc.abstractmethod
+    def pause_schedule(self, name: str, paused: bool, next_tick: float | None, now: float) -> ScheduleRecord | None:
+        """Set whether schedule *name* is paused (and, when *next_tick* is given, its cursor); bump its
+        revision, so a driver that read it before cannot advance it; return it, or None when unknown.
+        """
+
+    @abc.abstractmethod
+    def delete_schedule(self, name: str) -> bool:
+        """Delete schedule *name*; return whether it existed. Its runs are left alone."""
 
     @abc.abstractmethod
     def finish(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 import json
 from dataclasses import dataclass, field
@@ -76,6 +77,19 @@ class WorkflowRecord:
     flow_key: str | None = None
     #: Its admission priority among the ENQUEUED of its key (lower first).
     priority: int | None = None
+
+    @property
+    def scheduled_for(self) -> datetime.datetime | None:
+        """The tick of a schedule this workflow is the run of (timezone-aware UTC); None if it is none.
+
+        A tick's run has the id ``sched:{schedule}:{tick ISO-8601 UTC}`` (see celery_durable.schedules):
+        the id is where the tick is stored, so it costs no column and no write.
+        """
+        if not self.workflow_id.startswith("sched:"):
+            return None
+        from ..schedules import tick_of  # the tick math; imported only for schedule runs
+
+        return tick_of(self.workflow_id)
 
     @property
     def error_summary(self) -> str | None:

@@ -49,6 +49,8 @@ class Tables:
     #: Concurrency slots (schema version 7, sql_concurrency.py): one row per admitted, unfinished
     #: workflow of a concurrency-limited key.
     flow_slots: sa.Table
+    #: Schedules (schema version 8, sql_schedules.py).
+    schedules: sa.Table
 
 
 def _v2_workflow_columns() -> list[sa.Column[Any]]:
@@ -235,7 +237,26 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         sa.Column("workflow_id", sa.String(MAX_ID_LENGTH), primary_key=True),
         sa.Column("admitted_at", sa.Float, nullable=False),
     )
-    return Tables(prefix, md, version_table, workflows, steps, messages, events, rate_limits, flow_slots)
+    # Schedules (sql_schedules.py): a definition the code upserts, and the state the tick drivers share.
+    schedules = sa.Table(
+        f"{prefix}schedules",
+        md,
+        sa.Column("name", sa.String(MAX_ID_LENGTH), primary_key=True),
+        sa.Column("workflow", sa.String(MAX_ID_LENGTH), nullable=False),  # the workflow (task) name each tick starts
+        sa.Column("inputs", sa.Text, nullable=False),  # serialized args and kwargs of each run
+        sa.Column("queue", sa.String(MAX_ID_LENGTH)),
+        sa.Column("spec", sa.Text, nullable=False),  # the tick rule, JSON (schedules.py)
+        sa.Column("overlap", sa.String(16), nullable=False),  # skip, allow, buffer_one
+        sa.Column("catchup", sa.Float),  # seconds of missed ticks started after downtime (NULL: none)
+        sa.Column("paused", sa.Boolean, nullable=False, default=False),
+        sa.Column("next_tick", sa.Float, nullable=False),  # the cursor: the first tick no driver handled yet
+        sa.Column("pending", sa.Float),  # buffer_one: the tick kept while a run is unfinished
+        sa.Column("last_run", sa.String(MAX_ID_LENGTH)),  # the id of the latest run a driver claimed
+        sa.Column("revision", sa.Integer, nullable=False, default=0),  # bumped by every change (compare-and-set)
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("updated_at", sa.Float, nullable=False),
+    )
+    return Tables(prefix, md, version_table, workflows, steps, messages, events, rate_limits, flow_slots, schedules)
 
 
 def _v1_initial(conn: sa.Connection, tables: Tables) -> None:
@@ -293,6 +314,9 @@ def _v7_concurrency(conn: sa.Connection, tables: Tables) -> None:
             index.create(conn)
     tables.flow_slots.create(conn, checkfirst=True)
 
+def _v8_schedules(conn: sa.Connection, tables: Tables) -> None:
+    tables.schedules.create(conn, checkfirst=True)
+
 
 # Append new migrations here; never edit one that has shipped.
 MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [
@@ -303,5 +327,6 @@ MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [
     _v5_rate_limits,
     _v6_dedup,
     _v7_concurrency,
+    _v8_schedules,
 ]
 LATEST_VERSION = len(MIGRATIONS)

@@ -35,10 +35,11 @@ from .sql_messages import SQLMessages
 from .sql_ops import SQLOperations
 from .sql_rate import SQLRateLimits
 from .sql_recovery import SQLRecovery
+from .sql_schedules import SQLSchedules
 from .step_cache import StepCache
 
 
-class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLConcurrency, SQLMessages, SQLRateLimits, Store):
+class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLConcurrency, SQLMessages, SQLRateLimits, SQLSchedules, Store):
     """Every query of the store (the operators' ones in ``sql_ops.py``); subclasses provide the engine and the locks."""
 
     #: Whether lone statements outside executions may run on autocommit connections.

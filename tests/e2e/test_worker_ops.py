@@ -57,8 +57,10 @@ def test_beat_recovers_a_lost_workflow_on_the_workflows_queue(broker: str, pg_da
 def test_beat_schedule_entries_name_the_workflows_queue(pg_database: str, tmp_path: Path) -> None:
     env = make_env(BROKERS["redis"](), pg_database, tmp_path, CD_DURABLE_QUEUE="workflows")
     with configured_app(env) as wf:
-        (entry,) = wf.durable.beat_schedule(every=5).values()
-        assert entry["options"] == {"queue": "workflows"} and entry["schedule"] == 5.0
+        recover, ticks = wf.durable.beat_schedule(every=5).values()
+        assert recover["options"] == {"queue": "workflows"} and recover["schedule"] == 5.0
+        assert ticks["task"].endswith("fire_schedules") and ticks["options"]["queue"] == "workflows"
+        assert list(wf.durable.beat_schedule(every=5, ticks_every=None).values()) == [recover]
         with pytest.raises(ValueError, match="every"):
             wf.durable.beat_schedule(every=0)
 
