@@ -43,6 +43,7 @@ class Tables:
     messages: sa.Table
     events: sa.Table
     rate_limits: sa.Table
+    debounces: sa.Table
 
 
 def _v2_workflow_columns() -> list[sa.Column[Any]]:
@@ -201,7 +202,18 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         sa.Column("key", sa.String(MAX_ID_LENGTH), primary_key=True),  # the rate_key's value ('' without one)
         sa.Column("reserved", sa.Float, nullable=False),  # the latest start time granted on this row
     )
-    return Tables(prefix, md, version_table, workflows, steps, messages, events, rate_limits)
+    # Debouncing (sql_debounce.py): one row per (workflow name, key), the round open on it (if any).
+    debounces = sa.Table(
+        f"{prefix}debounces",
+        md,
+        sa.Column("name", sa.String(MAX_ID_LENGTH), primary_key=True),  # the workflow (task) name
+        sa.Column("key", sa.String(MAX_ID_LENGTH), primary_key=True),  # the debounce key
+        sa.Column("rounds", sa.Integer, nullable=False),  # rounds opened on this key so far (names their ids)
+        sa.Column("workflow_id", sa.String(MAX_ID_LENGTH)),  # the latest round's workflow (open while it WAITs)
+        sa.Column("first_at", sa.Float),  # when the latest round's first call came
+        sa.Column("max_at", sa.Float),  # the latest its workflow may start (first call + max_delay); NULL: no bound
+    )
+    return Tables(prefix, md, version_table, workflows, steps, messages, events, rate_limits, debounces)
 
 
 def _v1_initial(conn: sa.Connection, tables: Tables) -> None:
@@ -249,6 +261,10 @@ def _v6_dedup(conn: sa.Connection, tables: Tables) -> None:
             index.create(conn)
 
 
+def _v7_debounce(conn: sa.Connection, tables: Tables) -> None:
+    tables.debounces.create(conn, checkfirst=True)
+
+
 # Append new migrations here; never edit one that has shipped.
 MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [
     _v1_initial,
@@ -257,5 +273,6 @@ MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [
     _v4_task_options,
     _v5_rate_limits,
     _v6_dedup,
+    _v7_debounce,
 ]
 LATEST_VERSION = len(MIGRATIONS)
