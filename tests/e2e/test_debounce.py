@@ -131,3 +131,26 @@ def test_bad_arguments_are_refused_at_the_call(flow: tuple[Any, dict[str, str]])
         module.flush.debounce("", "k", 1, delay=1)
     with pytest.raises(TypeError):
         module.flush.debounce("k", "k", 1)  # delay is required
+
+
+def test_waiting_rounds_hold_no_worker_slot(e2e_env: dict[str, str]) -> None:
+    """A worker with one slot runs a workflow at once while 30 rounds wait for their start."""
+    module = load(e2e_env)
+    module.durable.migrate()
+    worker = Worker(e2e_env, concurrency=1, app="tests.apps.debounceapp").start()
+    try:
+        waiting = [module.flush.debounce(f"idle-{i}", f"idle-{i}", i, delay=120.0) for i in range(30)]
+        assert len({h.workflow_id for h in waiting}) == 30
+        started = time.time()
+        result = module.flush.start("now", "plain").result(timeout=60)
+        assert result["tag"] == "plain" and result["at"] - started < 30.0
+        assert all(h.status() is WorkflowStatus.WAITING for h in waiting)
+        assert runs(module, "idle-0") == []
+    finally:
+        worker.stop()
+        try:
+            with module.app.connection_for_write() as conn:
+                conn.default_channel.queue_delete(e2e_env["CD_QUEUE"])
+        except Exception:
+            pass
+        module.durable.close()
