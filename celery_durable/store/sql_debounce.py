@@ -67,7 +67,6 @@ class SQLDebounce:
         def _select_workflow(
             self, conn: sa.Connection, workflow_id: str, for_update: bool = False
         ) -> WorkflowRecord | None: ...
-        def _bump(self, conn: sa.Connection, wf: WorkflowRecord, now: float, **values: Any) -> int | None: ...
         @staticmethod
         def _workflow(row: Any) -> WorkflowRecord: ...
 
@@ -107,12 +106,20 @@ class SQLDebounce:
                     wake = earliest(deadline, wf.timeout_at)
                     assert wake is not None
                     armed = wake - now <= horizon
-                    ticket = self._bump(
-                        conn, wf, now, inputs=inputs, deadline=deadline, timer_due=wake if armed else None
-                    )
-                    assert ticket is not None  # its row is locked
-                    record = self._select_workflow(conn, wf.workflow_id)
-                    assert record is not None
+                    w = self.t.workflows
+                    joined = conn.execute(
+                        w.update()
+                        .where(w.c.workflow_id == wf.workflow_id)  # locked above: no one changed it since
+                        .values(
+                            ticket=wf.ticket + 1,  # the earlier timer goes stale
+                            inputs=inputs,
+                            deadline=deadline,
+                            timer_due=wake if armed else None,
+                            updated_at=now,
+                        )
+                        .returning(*w.c)
+                    ).one()
+                    record = self._workflow(joined)
                     return record, self._timer(record, wake, now) if armed else None, False
             number = latest.rounds + 1
             workflow_id = round_id(name, key, number)
