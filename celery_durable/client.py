@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import core
+from . import core, flow_debounce
 from .config import DurableConfig
 from .flow_schedule import ScheduleAPI
 from .handle import WorkflowHandle
@@ -193,6 +193,36 @@ class Client(ScheduleAPI):
             on_conflict=on_conflict,
         )
         return WorkflowHandle(self, record.workflow_id)
+
+    def debounce(
+        self,
+        name: str,
+        key: str,
+        *args: Any,
+        delay: Duration,
+        max_delay: Duration | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle:
+        """Debounce the workflow registered under the task *name*: calls with the same *key* within
+        *delay* seconds of each other start one workflow, *delay* after the last call, with the last
+        call's ``*args``/``**kwargs``; return the handle of that round (the same for every call of it).
+
+        *max_delay* (from the round's first call) bounds how far a steady stream of calls pushes the
+        start back. Once the round's workflow has started, the next call opens a new round. A waiting
+        round holds no worker slot: it is a WAITING workflow (wait kind ``"debounce"``) whose timer
+        starts it. *queue* and *timeout* are as for :meth:`start` (the timeout counts from the start
+        the round's first call planned). See flow_debounce.py.
+        """
+        record = flow_debounce.debounce(
+            self.management, name, key, args, kwargs, delay=delay, max_delay=max_delay, **self._start_defaults(name, queue, timeout)
+        )
+        return WorkflowHandle(self, record.workflow_id)
+
+    def _start_defaults(self, name: str, queue: str | None, timeout: float | None) -> dict[str, Any]:
+        """The queue, version and timeout a start of workflow *name* gets (a Durable knows its registered ones)."""
+        return {"queue": queue or self.config.queue, "version": None, "timeout": timeout}
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """Return a handle on an existing workflow; an unknown id raises ``WorkflowNotFound``."""

@@ -133,6 +133,22 @@ class WorkflowTask(Task):
         result = self.durable._start(self, args, kwargs, workflow_id, options, timeout=timeout, priority=priority)
         return WorkflowHandle(self.durable, result.id)  # it exists: _start just stored or found it
 
+    def debounce(
+        self,
+        key: str,
+        *args: Any,
+        delay: v.Duration,
+        max_delay: v.Duration | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle:
+        """Debounce this workflow: calls with the same *key* within *delay* seconds of each other start
+        one workflow, *delay* after the last call, with the last call's arguments; *max_delay* (from the
+        round's first call) bounds how far a steady stream pushes it back. Returns the round's handle,
+        the same for every call of the round. See :meth:`Client.debounce <celery_durable.client.Client.debounce>`.
+        """
+        return self.durable.debounce(self.name, key, *args, delay=delay, max_delay=max_delay, timeout=timeout, **kwargs)
+
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> Any:
@@ -349,6 +365,16 @@ class Durable(results.CeleryResults, WorkflowAPI, Client):
         return wrapper
 
     # -- starting and running -------------------------------------------------------------------------
+    def _start_defaults(self, name: str, queue: str | None, timeout: float | None) -> dict[str, Any]:
+        task = self.app.tasks.get(name)
+        if not isinstance(task, WorkflowTask):
+            return super()._start_defaults(name, queue, timeout)
+        return {
+            "queue": queue or task.durable_queue or self.config.queue,
+            "version": self.version,
+            "timeout": timeout if timeout is not None else task.durable_timeout,
+        }
+
     def _start(
         self,
         task: Task,

@@ -394,6 +394,47 @@ class Store(abc.ABC):
     def delete_schedule(self, name: str) -> bool:
         """Delete schedule *name*; return whether it existed. Its runs are left alone."""
 
+    # -- debouncing (sql_debounce.py) ---------------------------------------------------------------
+    @abc.abstractmethod
+    def debounce(
+        self,
+        name: str,
+        key: str,
+        inputs: str,
+        queue: str | None,
+        now: float,
+        delay: float,
+        max_delay: float | None,
+        horizon: float,
+        *,
+        version: str | None = None,
+        timeout_at: float | None = None,
+        trace_context: str | None = None,
+        task_options: str | None = None,
+    ) -> tuple[WorkflowRecord, Dispatch | None, bool]:
+        """Record a debounced call of workflow *name* with *key* and *inputs*, in one transaction; return
+        the round's workflow, its timer to publish (``None`` when not within *horizon*: the sweep arms
+        it) and whether this call opened the round.
+
+        A **round** is one workflow, WAITING with wait kind ``"debounce"`` until its deadline, then
+        started by its timer like any wait's (the sweep arms, re-arms and recovers it). While the
+        latest round of (*name*, *key*) is still WAITING for its debounce, a call joins it: its
+        *inputs* replace the round's, its deadline becomes ``min(now + delay, max_at)`` and its ticket
+        is bumped (earlier timers go stale). ``max_at`` is the round's first call's *now* plus the
+        smallest *max_delay* any of its calls gave (none: no bound). Otherwise (no round yet, or it
+        began, finished or was cancelled) the call opens the next round, with id
+        ``debounce:{name}:{key}:{n}`` (hashed when longer than the id limit), *queue*, *version*,
+        *timeout_at*, *trace_context* and *task_options* as given, no parent, deadline
+        ``min(now + delay, now + max_delay)``. Raises ``WorkflowConflict`` (writing nothing) when that
+        id is taken by a workflow it did not create.
+
+        **Invariants**, whatever the number of concurrent callers in any process or host: one workflow
+        per round; every call of a round returns the same workflow; a round runs the inputs of its
+        last call (an execution begins only with the current ticket, and a call that races that begin
+        either lands before it, bumping the ticket, or finds the workflow begun and opens the next
+        round: no call is lost); and no round starts later than its ``max_at``.
+        """
+
     @abc.abstractmethod
     def finish(
         self, lease: Lease, status: WorkflowStatus, output: str | None, error: str | None, now: float

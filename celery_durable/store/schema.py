@@ -51,6 +51,8 @@ class Tables:
     flow_slots: sa.Table
     #: Schedules (schema version 8, sql_schedules.py).
     schedules: sa.Table
+    #: Debounce rounds (schema version 9, sql_debounce.py).
+    debounces: sa.Table
 
 
 def _v2_workflow_columns() -> list[sa.Column[Any]]:
@@ -256,7 +258,20 @@ def build_tables(prefix: str, version: int | None = None) -> Tables:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
     )
-    return Tables(prefix, md, version_table, workflows, steps, messages, events, rate_limits, flow_slots, schedules)
+    # Debouncing (sql_debounce.py): one row per (workflow name, key), the round open on it (if any).
+    debounces = sa.Table(
+        f"{prefix}debounces",
+        md,
+        sa.Column("name", sa.String(MAX_ID_LENGTH), primary_key=True),  # the workflow (task) name
+        sa.Column("key", sa.String(MAX_ID_LENGTH), primary_key=True),  # the debounce key
+        sa.Column("rounds", sa.Integer, nullable=False),  # rounds opened on this key so far (names their ids)
+        sa.Column("workflow_id", sa.String(MAX_ID_LENGTH)),  # the latest round's workflow (open while it WAITs)
+        sa.Column("first_at", sa.Float),  # when the latest round's first call came
+        sa.Column("max_at", sa.Float),  # the latest its workflow may start (first call + max_delay); NULL: no bound
+    )
+    return Tables(
+        prefix, md, version_table, workflows, steps, messages, events, rate_limits, flow_slots, schedules, debounces
+    )
 
 
 def _v1_initial(conn: sa.Connection, tables: Tables) -> None:
@@ -318,6 +333,10 @@ def _v8_schedules(conn: sa.Connection, tables: Tables) -> None:
     tables.schedules.create(conn, checkfirst=True)
 
 
+def _v9_debounce(conn: sa.Connection, tables: Tables) -> None:
+    tables.debounces.create(conn, checkfirst=True)
+
+
 # Append new migrations here; never edit one that has shipped.
 MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [
     _v1_initial,
@@ -328,5 +347,6 @@ MIGRATIONS: list[Callable[[sa.Connection, Tables], None]] = [
     _v6_dedup,
     _v7_concurrency,
     _v8_schedules,
+    _v9_debounce,
 ]
 LATEST_VERSION = len(MIGRATIONS)

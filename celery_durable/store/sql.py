@@ -30,6 +30,7 @@ from .records import (
 from .schema import ACTIVE_STATUSES, CLEARED_WAIT, FINISHED_STATUSES, LATEST_VERSION, MIGRATIONS, build_tables
 from .sql_children import SQLChildren
 from .sql_concurrency import SQLConcurrency
+from .sql_debounce import SQLDebounce
 from .sql_lease import SQLLease
 from .sql_messages import SQLMessages
 from .sql_ops import SQLOperations
@@ -39,7 +40,9 @@ from .sql_schedules import SQLSchedules
 from .step_cache import StepCache
 
 
-class SQLStore(SQLOperations, SQLRecovery, SQLChildren, SQLConcurrency, SQLMessages, SQLRateLimits, SQLSchedules, Store):
+class SQLStore(
+    SQLOperations, SQLRecovery, SQLChildren, SQLConcurrency, SQLMessages, SQLRateLimits, SQLSchedules, SQLDebounce, Store
+):
     """Every query of the store (the operators' ones in ``sql_ops.py``); subclasses provide the engine and the locks."""
 
     #: Whether lone statements outside executions may run on autocommit connections.
