@@ -406,7 +406,7 @@ class DurableClient(Client):
         self.broker_url = broker_url
         self._publisher: Callable[[Dispatch], None] | None = None
         if celery_app is not None or broker_url is not None:
-            from .integration import broker_publisher  # Celery is needed only to publish
+            from .tasks import broker_publisher  # Celery is needed only to publish
 
             self._publisher = broker_publisher(broker_url, celery_app, self.config.queue)
 
