@@ -277,7 +277,7 @@ class Engine:
         except Exception as exc:
             if self.store.is_transient(exc) or isinstance(exc, DurableError):
                 return Interrupted(exc)
-            rejected = _rejected(exc, "the inputs of continue_as_new", record.workflow_id)
+            rejected = StoreRejected.refused(exc, "the inputs of continue_as_new", record.workflow_id)
             return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected, record))
         return _Continued(Execution(new, {}))
 
@@ -292,7 +292,7 @@ class Engine:
             if status != WorkflowStatus.SUCCESS:
                 return Refused(exc)
             # The output itself was refused (a custom serializer's text): record that as the error.
-            rejected = _rejected(exc, "the workflow's output", lease.workflow_id)
+            rejected = StoreRejected.refused(exc, "the workflow's output", lease.workflow_id)
             record = outcome.workflow if isinstance(outcome, Finished) else None
             return self._finish(lease, WorkflowStatus.ERROR, None, encode_error(rejected), Failed(rejected, record))
         if wakeups:  # hook (children): a parent waiting for this workflow
@@ -380,7 +380,7 @@ class WorkflowContext:
             if isinstance(exc, DurableError) or self.engine.store.is_transient(exc):
                 self.store_error = exc
                 raise
-            raise _rejected(exc, what, self.workflow_id) from exc
+            raise StoreRejected.refused(exc, what, self.workflow_id) from exc
 
     def decode_output(self, step: StepRecord) -> Any:
         """The value checkpoint *step* recorded, or raise the error it recorded."""
@@ -592,11 +592,3 @@ class WorkflowContext:
         checkpoint = StepRecord(self.workflow_id, step_id, name, "set_event", value, None, key, now, now)
         wakeups = self.store_call(lambda: engine.store.set_event(self.lease, key, value, checkpoint), f"set_event {key!r}")
         engine.publish_all(wakeups)
-
-
-def _rejected(exc: BaseException, what: str, workflow_id: str) -> StoreRejected:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return StoreRejected(
-        f"the database refused {what} of workflow {workflow_id!r} for good "
-        f"({type(exc).__name__}: {first_line[:300]}); retrying cannot help"
-    )

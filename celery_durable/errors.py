@@ -45,6 +45,15 @@ class StoreRejected(DurableError):
     connection or a deadlock, are retried instead and never surface as this error.)
     """
 
+    @classmethod
+    def refused(cls, exc: BaseException, what: str, workflow_id: str) -> StoreRejected:
+        """The error for the database's refusal *exc* of *what* (e.g. "step 'charge'") in *workflow_id*."""
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return cls(
+            f"the database refused {what} of workflow {workflow_id!r} for good "
+            f"({type(exc).__name__}: {first_line[:300]}); retrying cannot help"
+        )
+
 
 class WorkflowNotFound(DurableError, LookupError):
     """Raised when no workflow exists with the given id."""

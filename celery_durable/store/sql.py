@@ -6,6 +6,7 @@ Backends override only engine set-up, the execution lock, the channel lock and t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ from .sql_recovery import SQLRecovery
 from .sql_schedules import SQLSchedules
 from .step_cache import StepCache
 
+#: The fields of a WorkflowRecord, each read from the workflows column of its name.
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(WorkflowRecord))
 
 class SQLStore(
     SQLOperations, SQLRecovery, SQLChildren, SQLConcurrency, SQLMessages, SQLRateLimits, SQLSchedules, SQLDebounce, Store
@@ -144,40 +147,13 @@ class SQLStore(
 
     @staticmethod
     def _workflow(row: Any) -> WorkflowRecord:
+        # Every field of the record is a column of the same name; two are decoded.
         m = row._mapping
-        topics = m["wait_topics"]
-        return WorkflowRecord(
-            workflow_id=m["workflow_id"],
-            name=m["name"],
-            status=WorkflowStatus(m["status"]),
-            inputs=m["inputs"],
-            output=m["output"],
-            error=m["error"],
-            queue=m["queue"],
-            ticket=m["ticket"],
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
-            executions=m["executions"],
-            wait_kind=m["wait_kind"],
-            wait_target=m["wait_target"],
-            wait_topics=tuple(json.loads(topics)) if topics is not None else None,
-            wait_step=m["wait_step"],
-            deadline=m["deadline"],
-            timer_due=m["timer_due"],
-            dispatched_at=m["dispatched_at"],
-            version=m["version"],
-            parent_id=m["parent_id"],
-            forked_from=m["forked_from"],
-            forked_from_step=m["forked_from_step"],
-            timeout_at=m["timeout_at"],
-            attempt_step=m["attempt_step"],
-            attempts=m["attempts"],
-            trace_context=m["trace_context"],
-            task_options=m["task_options"],
-            dedup_key=m["dedup_key"],
-            flow_key=m["flow_key"],
-            priority=m["priority"],
-        )
+        values = {name: m[name] for name in _RECORD_FIELDS}
+        values["status"] = WorkflowStatus(values["status"])
+        topics = values["wait_topics"]
+        values["wait_topics"] = tuple(json.loads(topics)) if topics is not None else None
+        return WorkflowRecord(**values)
 
     @staticmethod
     def _step(row: Any) -> StepRecord:
